@@ -1,0 +1,99 @@
+"""``fusevlm`` command line: each subcommand parses its arguments and calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+Runner = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {}
+
+
+def command(name: str, help_text: str):
+    """Register a subcommand: the decorated function adds its arguments and returns the runner."""
+
+    def wrap(add_arguments: Callable[[argparse.ArgumentParser], Runner]):
+        COMMANDS[name] = (help_text, add_arguments)
+        return add_arguments
+
+    return wrap
+
+
+def _vision_argument(value: str):
+    """``--vision a,b`` means a fused encoder; a JSON object is an explicit spec."""
+    if value.lstrip().startswith(("{", "[")):
+        return json.loads(value)
+    parts = [p for p in value.split(",") if p]
+    return parts if len(parts) > 1 else parts[0]
+
+
+@command("init", "compose a model from a vision encoder, a projector and an LLM, and save it")
+def _init(parser: argparse.ArgumentParser):
+    parser.add_argument(
+        "--vision",
+        required=True,
+        type=_vision_argument,
+        help="registry name, hub name or folder; 'a,b' fuses encoders; or a JSON spec",
+    )
+    parser.add_argument(
+        "--projector",
+        default="mlp2x_gelu",
+        help="identity | linear | mlp{N}x_gelu | cross_attn | pixel_shuffle, or a JSON object",
+    )
+    parser.add_argument("--llm", required=True, help="hub name or folder of any causal LM")
+    parser.add_argument(
+        "--projector-weights", default=None, help="a projector weights file to load (optional)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="the model folder to write")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the LLM's)")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the LLM checkpoint's own code"
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from .models.builder import format_parameter_table, load_mixed_pretrained_model, parameter_table
+
+        projector = json.loads(args.projector) if args.projector.lstrip().startswith("{") else args.projector
+        model, processor = load_mixed_pretrained_model(
+            args.llm,
+            args.vision,
+            projector,
+            args.projector_weights,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+        model.save_pretrained(args.out)
+        processor.save_pretrained(args.out)
+        print(format_parameter_table(parameter_table(model)))
+        print(f"image tokens per image: {model.config.image_seq_length}")
+        print(f"wrote {args.out}")
+        return 0
+
+    return run
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
+    parser = argparse.ArgumentParser(prog="fusevlm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    runners = {}
+    for name, (help_text, add_arguments) in COMMANDS.items():
+        runners[name] = add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser, runners
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, runners = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return runners[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input is the user's to fix: one clear line, no traceback.
+        print(f"fusevlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Compose a model from separately saved parts: a vision encoder, a projector choice, a causal LM."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from ..processing import FusedImageProcessor, FuseVLMProcessor, resize_image_processor
+from .configuration import FuseVLMConfig
+from .llm import add_image_token, load_llm
+from .projectors import Projector, build_projector
+from .vision import VisionEncoder, VisionSource, load_vision_encoder
+from .vlm import FuseVLMForConditionalGeneration
+
+logger = logging.getLogger(__name__)
+
+# Prefixes under which other code bases saved projector weights (LLaVA's mm_projector.bin, the seed's files).
+PROJECTOR_KEY_PREFIXES = (
+    "model.mm_projector.",
+    "mm_projector.",
+    "model.projector.",
+    "projector.",
+    "attn_pool.",
+)
+
+
+def build_vlm(
+    vision: VisionSource,
+    projector: str | dict[str, Any],
+    llm: str | Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    image_token: str = "<image>",
+    chat_template: str | None = None,
+    **hub_kwargs: Any,
+) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
+    """Assemble a ready model and processor from pretrained parts.
+
+    ``vision``: a registry name, hub name, local folder, spec dict or a list (fused); ``projector``: a name
+    (``mlp2x_gelu``) or ``{"type": ..., **options}``; ``llm``: a hub name or folder of any causal LM.
+    The projector is freshly initialised, unless the vision checkpoint carries one that fits (Qwen-VL's resampler).
+    """
+    encoder = load_vision_encoder(vision, **hub_kwargs)
+    language_model, tokenizer = load_llm(llm, dtype=dtype, trust_remote_code=trust_remote_code, **hub_kwargs)
+    image_token_id = add_image_token(tokenizer, language_model, image_token)
+
+    projector_config = {"type": projector} if isinstance(projector, str) else dict(projector)
+    pretrained = getattr(encoder, "pretrained_projector", None)
+    if pretrained and projector_config["type"] == pretrained["type"]:
+        for key in ("num_queries", "embed_dim", "num_heads"):
+            projector_config.setdefault(key, pretrained[key])
+    module = build_projector(
+        projector_config,
+        in_features=encoder.hidden_size,
+        out_features=language_model.config.get_text_config().hidden_size,
+        grid=encoder.grid,
+        num_input_tokens=encoder.num_tokens,
+    )
+    if pretrained and projector_config["type"] == pretrained["type"]:
+        load_matching_weights(module, pretrained["state_dict"], source=str(encoder.spec.get("source")))
+
+    config = FuseVLMConfig(
+        vision_config=encoder.spec,
+        projector_config=projector_config,
+        text_config=language_model.config,
+        image_token=image_token,
+        image_token_id=image_token_id,
+        image_seq_length=module.num_output_tokens,
+    )
+    model = compose(config, encoder, module, language_model)
+    processor = FuseVLMProcessor(
+        image_processor_for(encoder),
+        tokenizer,
+        image_seq_length=module.num_output_tokens,
+        image_token=image_token,
+        chat_template=chat_template,
+    )
+    return model, processor
+
+
+def compose(
+    config: FuseVLMConfig, encoder: VisionEncoder, projector: Projector, language_model: PreTrainedModel
+) -> FuseVLMForConditionalGeneration:
+    """Wrap already-built parts without allocating (or initialising) a second copy of any of them."""
+    with torch.device("meta"):
+        model = FuseVLMForConditionalGeneration(config)
+    model.vision_tower = encoder
+    model.projector = projector.to(language_model.dtype)
+    model.language_model = language_model
+    leftover = [name for name, p in model.named_parameters() if p.is_meta]
+    leftover += [name for name, b in model.named_buffers() if b.is_meta]
+    if leftover:
+        raise RuntimeError(f"parameters left on the meta device while composing: {leftover[:5]}")
+    # A fresh generation config from the LM keeps its eos/pad/bos ids for generate().
+    model.generation_config = language_model.generation_config
+    return model
+
+
+def image_processor_for(encoder: VisionEncoder) -> Any:
+    """The checkpoint's own image processor when it ships one, else the encoder's default."""
+    if encoder.name == "fused":
+        members = [
+            resize_image_processor(
+                getattr(m, "pretrained_image_processor", None) or m.default_image_processor(),
+                encoder.image_size,
+            )
+            for m in encoder.encoders
+        ]
+        return FusedImageProcessor(members)
+    return getattr(encoder, "pretrained_image_processor", None) or encoder.default_image_processor()
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a pickle with ``weights_only=True`` (never arbitrary objects)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_matching_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load the tensors whose names and shapes fit; say which were left freshly initialised."""
+    own = module.state_dict()
+    usable = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(usable, strict=False)
+    skipped = sorted(set(own) - set(usable))
+    if skipped:
+        logger.warning(
+            "%s: projector tensors not loaded (name or shape differs), left initialised: %s", source, skipped
+        )
+
+
+def projector_state_from_checkpoint(
+    state_dict: dict[str, torch.Tensor], projector: Projector
+) -> dict[str, torch.Tensor]:
+    """Rename a saved projector's keys (LLaVA's ``model.mm_projector.0.weight``, ...) to ours."""
+    renamed = {}
+    for key, tensor in state_dict.items():
+        for prefix in PROJECTOR_KEY_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        renamed[key] = tensor
+    own = set(projector.state_dict())
+    if own <= set(renamed):
+        return renamed
+    # LLaVA saves an MLP as a bare nn.Sequential ("0.weight") and a linear projector as "weight".
+    for inner in ("mlp.", "linear."):
+        candidate = {inner + k: v for k, v in renamed.items()}
+        if own <= set(candidate):
+            return candidate
+    return renamed
+
+
+def load_projector_weights(projector: Projector, path: str | Path) -> None:
+    """Load a projector weights file strictly: every tensor must be there with the right shape."""
+    state = projector_state_from_checkpoint(read_weights(path), projector)
+    own = projector.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            f"{label}: {keys[:6]}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+            if keys
+        )
+        raise ValueError(f"{path}: does not fit projector {projector.name!r}: {details}")
+    projector.load_state_dict(state, strict=True)
+
+
+def load_mixed_pretrained_model(
+    llm_path: str | Path,
+    vision_path: VisionSource,
+    projector_type: str | dict[str, Any],
+    projector_path: str | Path | None = None,
+    **kwargs: Any,
+) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
+    """The seed's loader: an LLM folder, a vision folder, a projector type and (optionally) its weights file."""
+    model, processor = build_vlm(vision_path, projector_type, llm_path, **kwargs)
+    if projector_path is not None:
+        load_projector_weights(model.projector, projector_path)
+    return model, processor
+
+
+def parameter_table(model: FuseVLMForConditionalGeneration) -> list[dict[str, Any]]:
+    """Parameters per part: total and trainable."""
+    rows = []
+    for part in ("vision_tower", "projector", "language_model"):
+        params = list(getattr(model, part).parameters())
+        rows.append(
+            {
+                "part": part,
+                "total": sum(p.numel() for p in params),
+                "trainable": sum(p.numel() for p in params if p.requires_grad),
+            }
+        )
+    rows.append(
+        {
+            "part": "all",
+            "total": sum(r["total"] for r in rows),
+            "trainable": sum(r["trainable"] for r in rows),
+        }
+    )
+    return rows
+
+
+def format_parameter_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'part':<16}{'parameters':>16}{'trainable':>16}"]
+    lines += [f"{r['part']:<16}{r['total']:>16,}{r['trainable']:>16,}" for r in rows]
+    return "\n".join(lines)

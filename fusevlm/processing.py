@@ -1,0 +1,248 @@
+"""``FuseVLMProcessor``: image processing + tokenizer + chat template in one object.
+
+Training, evaluation and serving all call it, so they cannot disagree on how a prompt becomes tokens. Each
+``<image>`` in a text becomes exactly ``image_seq_length`` (M) image-token positions; images are given in the order
+their placeholders appear. The call convention is transformers' (``processor(text=..., images=...,
+return_tensors="pt", padding=True)``) and the model takes ``input_ids``, ``attention_mask``, ``pixel_values``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+
+from .templates import CHATML
+
+PROCESSOR_CONFIG = "processor_config.json"
+IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+class ImageTokenError(ValueError):
+    """Placeholders and images do not line up; the message names the sample."""
+
+
+class FusedImageProcessor:
+    """One image processor per member of a fused encoder; ``pixel_values`` stacks their outputs on channels."""
+
+    image_processor_type = "FusedImageProcessor"
+
+    def __init__(self, members: Sequence[Any]):
+        self.members = list(members)
+
+    @property
+    def image_mean(self) -> list[float]:
+        return list(self.members[0].image_mean)
+
+    def __call__(self, images: Any, return_tensors: str = "pt", **kwargs: Any) -> BatchFeature:
+        outputs = [m(images, return_tensors="pt", **kwargs)["pixel_values"] for m in self.members]
+        return BatchFeature({"pixel_values": torch.cat(outputs, dim=1)}, tensor_type=return_tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_processor_type": self.image_processor_type,
+            "members": [m.to_dict() for m in self.members],
+        }
+
+    def save_pretrained(self, save_directory: str | Path) -> None:
+        path = Path(save_directory) / IMAGE_PROCESSOR_CONFIG
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> FusedImageProcessor:
+        from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+
+        members = []
+        for member in config["members"]:
+            member = dict(member)
+            member_cls = get_image_processor_class_from_name(member.pop("image_processor_type"))
+            members.append(member_cls(**{k: v for k, v in member.items() if not k.startswith("_")}))
+        return cls(members)
+
+
+def resize_image_processor(image_processor: Any, size: int) -> Any:
+    """Make an HF image processor emit ``size`` x ``size`` images (used to align fused members)."""
+    if "shortest_edge" in (image_processor.size or {}):
+        image_processor.size = {"shortest_edge": size}
+    else:
+        image_processor.size = {"height": size, "width": size}
+    if getattr(image_processor, "do_center_crop", False):
+        image_processor.crop_size = {"height": size, "width": size}
+    return image_processor
+
+
+def flatten_content(content: str | list[dict[str, Any]], image_token: str) -> str:
+    """HF multimodal message content (a list of parts) as text with image placeholders."""
+    if isinstance(content, str):
+        return content
+    pieces = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "image" or kind == "image_url":
+            pieces.append(image_token)
+        elif kind == "text":
+            pieces.append(part["text"])
+        else:
+            raise ValueError(f"unsupported message part type {kind!r} (expected 'image' or 'text')")
+    return "\n".join(pieces)
+
+
+class FuseVLMProcessor:
+    """Turns prompts with ``<image>`` placeholders and images into model inputs."""
+
+    def __init__(
+        self,
+        image_processor: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        image_seq_length: int,
+        image_token: str = "<image>",
+        chat_template: str | None = None,
+    ):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.image_seq_length = int(image_seq_length)
+        self.image_token = image_token
+        ids = tokenizer.convert_tokens_to_ids([image_token])
+        if ids[0] is None or ids[0] == tokenizer.unk_token_id:
+            raise ValueError(
+                f"the tokenizer has no {image_token!r} token; add it (fusevlm.models.llm.add_image_token)"
+            )
+        self.image_token_id: int = ids[0]
+        # One template, kept on the tokenizer too, so the saved tokenizer alone renders prompts the same way.
+        self.chat_template = chat_template or tokenizer.chat_template or CHATML
+        tokenizer.chat_template = self.chat_template
+
+    # ---- prompts ---------------------------------------------------------------------------------------------
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, Any]],
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        **kwargs,
+    ) -> Any:
+        """Render HF-format messages; image parts (``{"type": "image"}``) become ``<image>`` placeholders."""
+        messages = [{**m, "content": flatten_content(m["content"], self.image_token)} for m in conversation]
+        return self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=tokenize,
+            **kwargs,
+        )
+
+    def expand_image_tokens(self, text: str) -> str:
+        return text.replace(self.image_token, self.image_token * self.image_seq_length)
+
+    # ---- the call --------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        images: Image.Image | list[Image.Image] | list[list[Image.Image]] | None = None,
+        return_tensors: str | None = "pt",
+        **tokenizer_kwargs: Any,
+    ) -> BatchFeature:
+        """Tokenize ``text`` with each ``<image>`` expanded to M image tokens and preprocess ``images``.
+
+        ``images`` is flat (in placeholder order across the batch) or one list per text. Text-only samples and
+        several images per sample can share a batch. A mismatch raises ``ImageTokenError`` naming the sample.
+        """
+        if text is None:
+            raise ValueError("text is required (use '<image>' where each image goes)")
+        texts = [text] if isinstance(text, str) else list(text)
+        flat_images = self._match_images(texts, images)
+        encoded = self.tokenizer(
+            [self.expand_image_tokens(t) for t in texts], return_tensors=return_tensors, **tokenizer_kwargs
+        )
+        data = dict(encoded)
+        self._check_tokenized(texts, data["input_ids"])
+        if flat_images:
+            data["pixel_values"] = self.image_processor(flat_images, return_tensors="pt")["pixel_values"]
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _match_images(self, texts: list[str], images: Any) -> list[Image.Image]:
+        wanted = [t.count(self.image_token) for t in texts]
+        if images is None:
+            images = []
+        elif isinstance(images, Image.Image):
+            images = [images]
+        nested = bool(images) and all(isinstance(x, list | tuple) for x in images)
+        if nested:
+            if len(images) != len(texts):
+                raise ImageTokenError(f"got {len(images)} image lists for {len(texts)} texts")
+            for index, (count, sample_images) in enumerate(zip(wanted, images, strict=True)):
+                if count != len(sample_images):
+                    raise ImageTokenError(
+                        f"sample {index}: {count} {self.image_token} placeholder(s) but {len(sample_images)} image(s)"
+                    )
+            return [img for sample_images in images for img in sample_images]
+        if sum(wanted) != len(images):
+            # Name the first sample whose placeholders run past the images given (else the last sample).
+            running = [sum(wanted[: i + 1]) for i in range(len(wanted))]
+            index = next((i for i, total in enumerate(running) if total > len(images)), len(wanted) - 1)
+            raise ImageTokenError(
+                f"sample {index}: the texts hold {sum(wanted)} {self.image_token} placeholder(s) "
+                f"(per sample: {wanted}) but {len(images)} image(s) were given"
+            )
+        return list(images)
+
+    def _check_tokenized(self, texts: list[str], input_ids: Any) -> None:
+        """Truncation or a tokenizer that splits the image token must never leave a partial image span."""
+        for index, (text, ids) in enumerate(zip(texts, input_ids, strict=True)):
+            ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+            expected = text.count(self.image_token) * self.image_seq_length
+            found = sum(1 for i in ids if i == self.image_token_id)
+            if found != expected:
+                raise ImageTokenError(
+                    f"sample {index}: expected {expected} image tokens after tokenization, found {found} "
+                    f"(truncated inside an image span, or the text already holds raw image tokens)"
+                )
+
+    # ---- decoding --------------------------------------------------------------------------------------------
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+    # ---- persistence -----------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | Path) -> None:
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(save_directory)
+        self.image_processor.save_pretrained(save_directory)
+        config = {
+            "processor_class": type(self).__name__,
+            "image_token": self.image_token,
+            "image_seq_length": self.image_seq_length,
+        }
+        (save_directory / PROCESSOR_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> FuseVLMProcessor:
+        path = Path(path)
+        config_file = path / PROCESSOR_CONFIG
+        if not config_file.exists():
+            raise FileNotFoundError(f"{path}: no {PROCESSOR_CONFIG}; is this a fusevlm model folder?")
+        config = json.loads(config_file.read_text())
+        kwargs.pop("trust_remote_code", None)  # our processor never runs remote code
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        image_config = json.loads((path / IMAGE_PROCESSOR_CONFIG).read_text())
+        if image_config.get("image_processor_type") == FusedImageProcessor.image_processor_type:
+            image_processor = FusedImageProcessor.from_dict(image_config)
+        else:
+            image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
+        return cls(
+            image_processor,
+            tokenizer,
+            image_seq_length=config["image_seq_length"],
+            image_token=config.get("image_token", "<image>"),
+            chat_template=tokenizer.chat_template,
+        )
+
+
+__all__ = ["FuseVLMProcessor", "FusedImageProcessor", "ImageTokenError"]

@@ -1,0 +1,24 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Tiny checkpoint folders, built once per session and loaded by path like real ones."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    cache: dict[str, Path] = {}
+
+    def get(kind: str, name: str, **kwargs) -> Path:
+        key = f"{kind}-{name}-" + "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+        if key not in cache:
+            maker = tiny.make_llm if kind == "llm" else tiny.make_vision
+            cache[key] = maker(root / key, name, **kwargs)
+        return cache[key]
+
+    return get
