@@ -1,0 +1,648 @@
+"""Read LLaVA-style datasets into validated records, and count what was skipped.
+
+Formats (chosen by the path):
+
+- ``*.json``: a JSON list of LLaVA conversation objects;
+- ``*.jsonl``: one such object per line (blank lines are ignored; ``Record.index`` is the line number - 1);
+- ``*.parquet``, or a folder of ``*.parquet`` shards: the same columns, images as bytes;
+- a folder written by ``datasets.Dataset.save_to_disk`` (for a ``DatasetDict`` point at one split's folder).
+
+A record object has ``id`` (string or int; missing -> ``"#<index>"``), ``image`` (or ``images``; optional) and
+``conversations``. ``image`` is a path string, encoded bytes, a Hugging Face ``Image`` struct
+``{"bytes": ..., "path": ...}``, or a list of those. ``conversations`` is a list (or a JSON string) of
+``{"from": "human"|"gpt"|"system"|"user"|"assistant", "value": str}`` (``role``/``content`` also accepted).
+
+Checks (each failure is a ``DataError`` naming file, record index and id, and field): types, a missing
+``conversations``, roles (optional system first, then user/assistant alternating, ending on assistant when
+``require_answer``), empty user/assistant turns, ``<image>`` outside user turns, ``<image>`` count against the
+images, text that is not valid UTF-8, image paths escaping ``image_root``, missing image files, duplicate ids in a
+file.
+
+LLaVA convention, applied here: a record with exactly one image and no ``<image>`` placeholder gets ``"<image>\\n"``
+prepended to its first user turn (LLaVA's pretraining captions and many converters omit it). Any other mismatch
+between placeholders and images is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusevlm.data.errors import DataError
+from fusevlm.data.images import ImageRef
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PLACEHOLDER = "<image>"
+ON_BAD_SAMPLE = ("error", "skip")
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_PARQUET_BATCH = 1024
+
+
+@dataclass
+class Record:
+    source: str  # the file (or dataset folder) it came from
+    index: int  # 0-based record index (line number - 1 for JSONL)
+    id: str
+    images: list[ImageRef]  # in the order of the <image> placeholders
+    messages: list[
+        dict
+    ]  # [{"role": "system"|"user"|"assistant", "content": str}], "<image>" kept in the text
+    task: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad-sample report
+# --------------------------------------------------------------------------------------------------------------
+
+
+class BadSampleReport:
+    """Counts skipped samples per dataset and per reason, with a few examples of each.
+
+    ``seen``/``kept`` come from the reader; ``skipped`` also counts later failures (e.g. an image that does not
+    decode at training time) that callers ``add``. Merge reports from several readers (or ranks) with ``merge``.
+    """
+
+    def __init__(self, max_examples: int = 3) -> None:
+        self.max_examples = max_examples
+        self.datasets: dict[str, dict[str, Any]] = {}
+
+    def _tally(self, dataset: str) -> dict[str, Any]:
+        return self.datasets.setdefault(
+            str(dataset), {"seen": 0, "kept": 0, "skipped": 0, "reasons": {}, "examples": []}
+        )
+
+    def add(self, dataset: str, error: DataError) -> None:
+        """Count one skipped sample of ``dataset`` and keep it as an example if its reason has few so far."""
+        tally = self._tally(dataset)
+        tally["skipped"] += 1
+        tally["reasons"][error.reason] = tally["reasons"].get(error.reason, 0) + 1
+        self._keep_example(tally, error.to_dict())
+
+    def _keep_example(self, tally: dict[str, Any], example: dict[str, Any]) -> None:
+        same_reason = sum(1 for kept in tally["examples"] if kept["reason"] == example["reason"])
+        if same_reason < self.max_examples:
+            tally["examples"].append(example)
+
+    def add_read(self, dataset: str, *, seen: int, kept: int) -> None:
+        """Record how many records a reader saw in ``dataset`` and how many it kept."""
+        tally = self._tally(dataset)
+        tally["seen"] += seen
+        tally["kept"] += kept
+
+    @property
+    def skipped(self) -> int:
+        return sum(tally["skipped"] for tally in self.datasets.values())
+
+    def reasons(self, dataset: str | None = None) -> dict[str, int]:
+        """Skips per reason, for one dataset or summed over all."""
+        tallies = (
+            [self.datasets.get(str(dataset), {"reasons": {}})]
+            if dataset is not None
+            else self.datasets.values()
+        )
+        total: dict[str, int] = {}
+        for tally in tallies:
+            for reason, count in tally["reasons"].items():
+                total[reason] = total.get(reason, 0) + count
+        return total
+
+    def merge(self, other: BadSampleReport) -> BadSampleReport:
+        """Add ``other``'s counts and examples into this report; returns ``self``."""
+        for dataset, theirs in other.datasets.items():
+            ours = self._tally(dataset)
+            for key in ("seen", "kept", "skipped"):
+                ours[key] += theirs[key]
+            for reason, count in theirs["reasons"].items():
+                ours["reasons"][reason] = ours["reasons"].get(reason, 0) + count
+            for example in theirs["examples"]:
+                self._keep_example(ours, example)
+        return self
+
+    def summary(self) -> str:
+        """A few lines for the end of a run: totals, then each dataset's skips by reason and one example each."""
+        seen = sum(tally["seen"] for tally in self.datasets.values())
+        lines = [f"bad samples: {self.skipped} skipped ({seen} records read)"]
+        for dataset, tally in self.datasets.items():
+            if not tally["skipped"]:
+                continue
+            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(tally["reasons"].items()))
+            lines.append(f"  {dataset}: {tally['skipped']} skipped of {tally['seen']} read ({reasons})")
+            shown: set[str] = set()
+            for example in tally["examples"]:
+                if example["reason"] not in shown:
+                    shown.add(example["reason"])
+                    lines.append(f"    e.g. {example['message']}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "datasets": json.loads(json.dumps(self.datasets))}
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``to_json()`` to ``path`` (the trainer writes ``data_report.json`` into its output folder)."""
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], max_examples: int = 3) -> BadSampleReport:
+        report = cls(max_examples=max_examples)
+        report.datasets = json.loads(json.dumps(data["datasets"]))
+        return report
+
+    def __repr__(self) -> str:
+        return f"BadSampleReport(skipped={self.skipped}, datasets={list(self.datasets)})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reader entry point
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_records(
+    path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    on_bad_sample: str = "error",
+    report: BadSampleReport | None = None,
+    task: str | None = None,
+    *,
+    require_answer: bool = True,
+    check_files: bool = True,
+) -> list[Record]:
+    """Read and validate every record of one dataset.
+
+    ``image_root`` defaults to the data file's folder (the dataset folder for Parquet shards / HF datasets).
+    ``on_bad_sample="error"`` raises the first ``DataError``; ``"skip"`` drops the record and counts it in
+    ``report`` (logged as a warning when no report is given). A file that cannot be read as a whole is always an
+    error, and so is a dataset whose every record is bad (a wrong ``image_root`` looks like that).
+    ``require_answer=False`` allows conversations that end on a user turn (prompts for evaluation).
+    ``check_files=False`` skips the existence check of image files (one ``stat`` per image).
+    """
+    if on_bad_sample not in ON_BAD_SAMPLE:
+        raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
+    path = Path(path)
+    dataset = str(path)
+    root = _image_root(path, image_root)
+    local_report = BadSampleReport()
+    records: list[Record] = []
+    first_index_of_id: dict[tuple[str, str], int] = {}
+    seen = 0
+    for row in _iter_rows(path):
+        seen += 1
+        try:
+            record = _row_to_record(row, root, task, require_answer=require_answer, check_files=check_files)
+            _check_unique_id(record, first_index_of_id)
+        except DataError as err:
+            if on_bad_sample == "error":
+                raise
+            local_report.add(dataset, err)
+            continue
+        records.append(record)
+    local_report.add_read(dataset, seen=seen, kept=len(records))
+    _finish_report(local_report, report)
+    if seen and not records:
+        raise DataError(
+            f"all {seen} records are bad\n{local_report.summary()}", source=dataset, reason="all_bad"
+        )
+    return records
+
+
+def _finish_report(local: BadSampleReport, report: BadSampleReport | None) -> None:
+    if report is not None:
+        report.merge(local)
+    elif local.skipped:
+        logger.warning("%s", local.summary())
+
+
+def _image_root(path: Path, image_root: str | os.PathLike | None) -> Path:
+    if image_root is None:
+        return path if path.is_dir() else path.parent
+    root = Path(image_root)
+    if not root.is_dir():
+        raise DataError(
+            f"image_root {str(root)!r} is not a folder", source=str(path), reason="missing_image_root"
+        )
+    return root
+
+
+def _check_unique_id(record: Record, first_index_of_id: dict[tuple[str, str], int]) -> None:
+    key = (record.source, record.id)
+    if key in first_index_of_id:
+        raise DataError(
+            f"duplicate id, first used by record {first_index_of_id[key]}",
+            source=record.source,
+            index=record.index,
+            record_id=record.id,
+            field="id",
+            reason="duplicate_id",
+        )
+    first_index_of_id[key] = record.index
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Raw rows, per format
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One raw record before validation: a parsed object, or the DataError that parsing it raised."""
+
+    source: str
+    index: int
+    value: Any
+    line: int | None = None
+    error: DataError | None = None
+
+
+def _iter_rows(path: Path) -> Iterator[_Row]:
+    if path.is_dir():
+        yield from _rows_folder(path)
+    elif not path.exists():
+        raise DataError("data file not found", source=str(path), reason="missing_file")
+    elif path.suffix == ".json":
+        yield from _rows_json(path)
+    elif path.suffix == ".jsonl":
+        yield from _rows_jsonl(path)
+    elif path.suffix == ".parquet":
+        yield from _rows_parquet(path)
+    else:
+        raise DataError(
+            "unknown data format; expected .json, .jsonl, .parquet or a dataset folder",
+            source=str(path),
+            reason="unknown_format",
+        )
+
+
+def _rows_json(path: Path) -> Iterator[_Row]:
+    # A JSON list is parsed in one go, so one bad byte makes the whole file unreadable: always an error.
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"file is not valid UTF-8 (byte {err.start})", source=str(path), line=line, reason="not_utf8"
+        ) from None
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"malformed JSON: {err.msg} (column {err.colno})",
+            source=str(path),
+            line=err.lineno,
+            reason="bad_json",
+        ) from None
+    if not isinstance(items, list):
+        raise DataError(
+            f"expected a JSON list of records, got {type(items).__name__}",
+            source=str(path),
+            reason="bad_type",
+        )
+    for index, item in enumerate(items):
+        yield _Row(str(path), index, item)
+
+
+def _rows_jsonl(path: Path) -> Iterator[_Row]:
+    # Lines are independent, so a bad line is a bad record (skippable), named by its line number.
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            yield _parse_jsonl_line(raw, str(path), line_no)
+
+
+def _parse_jsonl_line(raw: bytes, source: str, line_no: int) -> _Row:
+    row = _Row(source, line_no - 1, None, line=line_no)
+    try:
+        text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        row.error = DataError(f"line is not valid UTF-8 (byte {err.start} of the line)", reason="not_utf8")
+        return row
+    try:
+        row.value = json.loads(text)
+    except json.JSONDecodeError as err:
+        row.error = DataError(f"malformed JSON: {err.msg} (column {err.colno})", reason="bad_json")
+    return row
+
+
+def _rows_parquet(path: Path) -> Iterator[_Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        index = 0
+        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH):
+            for value in batch.to_pylist():
+                yield _Row(str(path), index, value)
+                index += 1
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"cannot read Parquet file: {err}", source=str(path), reason="bad_file") from None
+
+
+def _rows_folder(path: Path) -> Iterator[_Row]:
+    if (path / "dataset_dict.json").exists():
+        splits = sorted(child.name for child in path.iterdir() if child.is_dir())
+        raise DataError(
+            f"this is a DatasetDict; point the path at one split's folder (splits: {', '.join(splits)})",
+            source=str(path),
+            reason="bad_file",
+        )
+    if (path / "state.json").exists():
+        yield from _rows_hf_dataset(path)
+        return
+    shards = sorted(path.glob("*.parquet"))
+    if not shards:
+        raise DataError(
+            "folder holds neither a saved Hugging Face dataset nor *.parquet files",
+            source=str(path),
+            reason="bad_file",
+        )
+    for shard in shards:
+        yield from _rows_parquet(shard)
+
+
+def _rows_hf_dataset(path: Path) -> Iterator[_Row]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as err:  # datasets raises many types for a damaged folder; all mean "cannot read"
+        raise DataError(f"cannot load dataset folder: {err}", source=str(path), reason="bad_file") from None
+    # The arrow format gives raw values: image columns stay {"bytes", "path"} structs instead of decoded PIL
+    # images, so the images go through load_image like any other.
+    index = 0
+    for table in dataset.with_format("arrow").iter(batch_size=_PARQUET_BATCH):
+        for value in table.to_pylist():
+            yield _Row(str(path), index, value)
+            index += 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One record: fields and checks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _row_to_record(
+    row: _Row, root: Path, task: str | None, *, require_answer: bool, check_files: bool
+) -> Record:
+    record_id = None
+    try:
+        if row.error is not None:
+            raise row.error
+        raw = row.value
+        if not isinstance(raw, dict):
+            raise DataError(f"expected an object, got {type(raw).__name__}", reason="bad_type")
+        record_id = _parse_id(raw.get("id"), row.index)
+        images = _parse_images(raw, root, f"{row.source}[{row.index}]", check_files=check_files)
+        messages = _parse_conversations(raw, require_answer=require_answer)
+        messages = _match_placeholders(messages, len(images))
+    except DataError as err:
+        raise err.located(source=row.source, index=row.index, record_id=record_id, line=row.line) from None
+    return Record(
+        source=row.source, index=row.index, id=record_id, images=images, messages=messages, task=task
+    )
+
+
+def _parse_id(value: Any, index: int) -> str:
+    if value is None:
+        return f"#{index}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        _check_utf8(value, "id")
+        return value
+    raise DataError(f"expected a string or int, got {type(value).__name__}", field="id", reason="bad_type")
+
+
+def _check_utf8(text: str, field_name: str) -> None:
+    # JSON escapes can produce lone surrogates ("\ud800"): valid JSON, but not text any tokenizer can encode.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"text is not valid UTF-8 ({err.reason} at character {err.start})",
+            field=field_name,
+            reason="not_utf8",
+        ) from None
+
+
+# -- images ----------------------------------------------------------------------------------------------------
+
+
+def _parse_images(raw: dict, root: Path, label_prefix: str, *, check_files: bool) -> list[ImageRef]:
+    if "image" in raw and "images" in raw:
+        raise DataError("has both 'image' and 'images'", field="image", reason="bad_type")
+    key = "image" if "image" in raw else "images"
+    value = raw.get(key)
+    if value is None:
+        return []  # a text-only record
+    if isinstance(value, list):
+        return [
+            _parse_image(item, f"{key}[{k}]", root, label_prefix, check_files=check_files)
+            for k, item in enumerate(value)
+        ]
+    return [_parse_image(value, key, root, label_prefix, check_files=check_files)]
+
+
+def _parse_image(item: Any, field_name: str, root: Path, label_prefix: str, *, check_files: bool) -> ImageRef:
+    if isinstance(item, str):
+        return _path_ref(item, field_name, root, check_files=check_files)
+    if isinstance(item, (bytes, bytearray)):
+        return _bytes_ref(bytes(item), field_name, f"{label_prefix}.{field_name}")
+    if isinstance(item, dict) and set(item) <= {"bytes", "path"}:
+        return _struct_ref(item, field_name, root, label_prefix, check_files=check_files)
+    raise DataError(
+        f"expected a path, bytes or a {{'bytes', 'path'}} struct, got {type(item).__name__}",
+        field=field_name,
+        reason="bad_type",
+    )
+
+
+def _struct_ref(item: dict, field_name: str, root: Path, label_prefix: str, *, check_files: bool) -> ImageRef:
+    """A Hugging Face ``Image`` value: bytes win when present (the path is then only a name)."""
+    data, path = item.get("bytes"), item.get("path")
+    if data is not None:
+        if not isinstance(data, (bytes, bytearray)):
+            raise DataError(f"'bytes' is {type(data).__name__}", field=field_name, reason="bad_type")
+        label = f"{label_prefix}.{field_name}" + (f" ({path})" if isinstance(path, str) else "")
+        return _bytes_ref(bytes(data), field_name, label)
+    if isinstance(path, str):
+        return _path_ref(path, field_name, root, check_files=check_files)
+    raise DataError("image struct has neither bytes nor a path", field=field_name, reason="bad_type")
+
+
+def _bytes_ref(data: bytes, field_name: str, label: str) -> ImageRef:
+    if not data:
+        raise DataError("image bytes are empty", field=field_name, reason="bad_image")
+    return ImageRef.from_bytes(data, label=label)
+
+
+def _path_ref(raw_path: str, field_name: str, root: Path, *, check_files: bool) -> ImageRef:
+    _check_utf8(raw_path, field_name)
+    resolved = resolve_image_path(raw_path, root, field_name=field_name)
+    if check_files and not resolved.is_file():
+        raise DataError(
+            f"image file not found: {raw_path!r} (under {str(root)!r})",
+            field=field_name,
+            reason="missing_image",
+        )
+    return ImageRef.from_path(resolved, label=raw_path)
+
+
+def resolve_image_path(raw_path: str, image_root: str | os.PathLike, *, field_name: str = "image") -> Path:
+    """The real path of ``raw_path`` under ``image_root``; a ``DataError`` if it leaves the root.
+
+    Relative paths are joined to the root; absolute paths are allowed only inside it. Symlinks are followed
+    before the check, so a link inside the root that points outside is refused too (set ``image_root`` to a
+    folder that holds the link targets to allow them).
+    """
+    if not raw_path:
+        raise DataError("image path is empty", field=field_name, reason="bad_type")
+    root = Path(image_root).resolve()
+    candidate = Path(raw_path)
+    if not candidate.is_absolute():
+        candidate = root / candidate
+    try:
+        resolved = candidate.resolve()
+    except (OSError, ValueError, RuntimeError) as err:  # a NUL byte, a symlink loop
+        raise DataError(f"bad image path {raw_path!r}: {err}", field=field_name, reason="bad_path") from None
+    if not resolved.is_relative_to(root):
+        raise DataError(
+            f"image path {raw_path!r} resolves to {str(resolved)!r}, outside image_root {str(root)!r}",
+            field=field_name,
+            reason="path_escape",
+        )
+    return resolved
+
+
+# -- conversations ---------------------------------------------------------------------------------------------
+
+
+def _parse_conversations(raw: dict, *, require_answer: bool) -> list[dict]:
+    if "conversations" not in raw or raw["conversations"] is None:
+        raise DataError("missing", field="conversations", reason="missing_field")
+    turns = _decode_json_field(raw["conversations"], "conversations")
+    if not isinstance(turns, list):
+        raise DataError(
+            f"expected a list of turns, got {type(turns).__name__}", field="conversations", reason="bad_type"
+        )
+    messages = [_parse_turn(turn, f"conversations[{k}]") for k, turn in enumerate(turns)]
+    _check_turn_order(messages, require_answer=require_answer)
+    _check_turn_text(messages)
+    return messages
+
+
+def _decode_json_field(value: Any, field_name: str) -> Any:
+    """Parquet and HF datasets often store nested fields as JSON strings; decode those, pass others through."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"not valid UTF-8 (byte {err.start})", field=field_name, reason="not_utf8"
+            ) from None
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise DataError(f"malformed JSON string: {err.msg}", field=field_name, reason="bad_json") from None
+
+
+def _parse_turn(turn: Any, field_name: str) -> dict:
+    if not isinstance(turn, dict):
+        raise DataError(f"expected an object, got {type(turn).__name__}", field=field_name, reason="bad_type")
+    role_key = _pick_key(turn, "from", "role")
+    text_key = _pick_key(turn, "value", "content")
+    role, text = turn.get(role_key), turn.get(text_key)
+    if not isinstance(role, str):
+        raise DataError(
+            f"expected a role string, got {type(role).__name__}",
+            field=f"{field_name}.{role_key}",
+            reason="bad_type",
+        )
+    if role not in ROLES:
+        raise DataError(
+            f"unknown role {role!r}; expected one of {sorted(ROLES)}",
+            field=f"{field_name}.{role_key}",
+            reason="bad_role",
+        )
+    if not isinstance(text, str):
+        raise DataError(
+            f"expected a string, got {type(text).__name__}",
+            field=f"{field_name}.{text_key}",
+            reason="bad_type",
+        )
+    _check_utf8(text, f"{field_name}.{text_key}")
+    return {"role": ROLES[role], "content": text}
+
+
+def _pick_key(turn: dict, llava_key: str, hf_key: str) -> str:
+    # Arrow structs holding both spellings fill the absent one with None, so a None value does not count.
+    if turn.get(llava_key) is None and turn.get(hf_key) is not None:
+        return hf_key
+    return llava_key
+
+
+def _check_turn_order(messages: list[dict], *, require_answer: bool) -> None:
+    """An optional system turn, then user/assistant alternating from a user turn; last is assistant if required."""
+    if not messages:
+        raise DataError("conversation has no turns", field="conversations", reason="turn_order")
+    start = 1 if messages[0]["role"] == "system" else 0
+    if start == len(messages):
+        raise DataError("conversation has only a system turn", field="conversations", reason="turn_order")
+    for k in range(start, len(messages)):
+        expected = "user" if (k - start) % 2 == 0 else "assistant"
+        if messages[k]["role"] != expected:
+            raise DataError(
+                f"expected a {expected} turn, got {messages[k]['role']} (an optional system turn, then user and "
+                "assistant turns alternating, starting with user)",
+                field=f"conversations[{k}]",
+                reason="turn_order",
+            )
+    if require_answer and messages[-1]["role"] != "assistant":
+        raise DataError(
+            "conversation ends on a user turn; training needs an assistant answer last",
+            field=f"conversations[{len(messages) - 1}]",
+            reason="turn_order",
+        )
+
+
+def _check_turn_text(messages: list[dict]) -> None:
+    for k, message in enumerate(messages):
+        where = f"conversations[{k}].value"
+        if message["role"] != "system" and not message["content"].strip():
+            raise DataError(f"empty {message['role']} turn", field=where, reason="empty_turn")
+        if message["role"] != "user" and IMAGE_PLACEHOLDER in message["content"]:
+            raise DataError(
+                f"{IMAGE_PLACEHOLDER} in a {message['role']} turn; images belong in user turns",
+                field=where,
+                reason="image_placeholder",
+            )
+
+
+def _match_placeholders(messages: list[dict], num_images: int) -> list[dict]:
+    count = sum(message["content"].count(IMAGE_PLACEHOLDER) for message in messages)
+    if count == num_images:
+        return messages
+    if num_images == 1 and count == 0:
+        # LLaVA convention: a single image with no placeholder goes before the first user turn's text.
+        first_user = next(k for k, message in enumerate(messages) if message["role"] == "user")
+        messages[first_user] = {
+            "role": "user",
+            "content": f"{IMAGE_PLACEHOLDER}\n{messages[first_user]['content']}",
+        }
+        return messages
+    raise DataError(
+        f"{count} {IMAGE_PLACEHOLDER} placeholder(s) for {num_images} image(s)",
+        field="conversations",
+        reason="image_count",
+    )
