@@ -75,6 +75,56 @@ def _init(parser: argparse.ArgumentParser):
     return run
 
 
+@command("train", "run one training stage from a recipe: fusevlm train RECIPE.yaml [key=value ...]")
+def _train(parser: argparse.ArgumentParser):
+    parser.add_argument("recipe", type=Path, help="a YAML recipe (see recipes/)")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. learning_rate=2e-5 model.llm=/models/x")
+
+    def run(args: argparse.Namespace) -> int:
+        from .train.recipe import load_recipe
+        from .train.run import train
+
+        output = train(load_recipe(args.recipe, args.overrides))
+        print(f"model folder: {output}")
+        return 0
+
+    return run
+
+
+@command("convert", "convert a public dataset release into fusevlm's conversation JSON")
+def _convert(parser: argparse.ArgumentParser):
+    from .data.convert.__main__ import add_arguments
+    from .data.convert.__main__ import run as run_convert
+
+    add_arguments(parser)
+    return run_convert
+
+
+@command("score", "score an answers file in a benchmark's submission format, with no model loaded")
+def _score(parser: argparse.ArgumentParser):
+    parser.add_argument("--benchmark", required=True, help="vqav2 | textvqa | vizwiz | gqa | mmbench | mmbench_cn | ...")
+    parser.add_argument("--data", required=True, type=Path, help="the benchmark's official question/annotation file")
+    parser.add_argument("--answers", required=True, type=Path, help="the answers file to score")
+    parser.add_argument("--rules", default="official", choices=("official", "evalai"),
+                        help="answer normalisation for VQAv2/TextVQA/VizWiz")
+    parser.add_argument("--strict", action="store_true", help="fail if any question has no answer")
+    parser.add_argument("--out", type=Path, default=None, help="also write scores.json and scores.md here")
+
+    def run(args: argparse.Namespace) -> int:
+        from .eval.scoring import format_table, score
+
+        result = score(args.benchmark, args.data, args.answers, rules=args.rules, strict=args.strict)
+        table = format_table([result])
+        print(table)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "scores.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+            (args.out / "scores.md").write_text(table + "\n")
+        return 0
+
+    return run
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
     parser = argparse.ArgumentParser(prog="fusevlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

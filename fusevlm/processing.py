@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
-from .templates import CHATML
+from .templates import CHATML, assistant_char_spans, has_generation_marks
 
 PROCESSOR_CONFIG = "processor_config.json"
 IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -134,6 +134,72 @@ class FuseVLMProcessor:
             tokenize=tokenize,
             **kwargs,
         )
+
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        images: list[Image.Image] | None = None,
+        add_generation_prompt: bool = False,
+        chat_template: str | None = None,
+    ) -> dict[str, Any]:
+        """One conversation -> ``input_ids``, ``labels`` (assistant tokens only, else -100), ``pixel_values``.
+
+        The single path from a conversation to model inputs, for training and for inference prompts alike.
+        ``chat_template`` overrides the processor's (training's ``plain`` alignment format, say).
+        """
+        tokens = self.tokenize_chat(messages, add_generation_prompt, chat_template)
+        wanted = tokens["input_ids"].count(self.image_token_id) // max(self.image_seq_length, 1)
+        given = len(images or [])
+        if wanted != given:
+            raise ImageTokenError(f"the conversation has {wanted} {self.image_token} placeholder(s) but {given} image(s)")
+        if images:
+            tokens["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        return tokens
+
+    def tokenize_chat(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = False, chat_template: str | None = None
+    ) -> dict[str, list[int]]:
+        """The token ids and labels of a conversation, each ``<image>`` expanded to M image tokens (never trained)."""
+        messages = [{**m, "content": flatten_content(m["content"], self.image_token)} for m in messages]
+        ids, trained = self._tokenize_with_assistant_mask(
+            messages, add_generation_prompt, chat_template or self.chat_template
+        )
+        input_ids, labels = [], []
+        for token, is_trained in zip(ids, trained, strict=True):
+            if token == self.image_token_id:
+                input_ids += [token] * self.image_seq_length
+                labels += [-100] * self.image_seq_length
+            else:
+                input_ids.append(token)
+                labels.append(token if is_trained else -100)
+        return {"input_ids": input_ids, "labels": labels}
+
+    def _tokenize_with_assistant_mask(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool, chat_template: str
+    ) -> tuple[list[int], list[int]]:
+        kwargs = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt}
+        if has_generation_marks(chat_template):
+            encoded = self.tokenizer.apply_chat_template(
+                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
+            )
+            return list(encoded["input_ids"]), list(encoded["assistant_masks"])
+        # A template without generation marks: locate the replies by rendering growing prefixes.
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+        def render(prefix: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+            if not prefix:
+                return ""
+            return self.tokenizer.apply_chat_template(
+                prefix, tokenize=False, chat_template=chat_template, add_generation_prompt=add_generation_prompt
+            )
+
+        spans = assistant_char_spans(render, messages, text)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        trained = [
+            int(any(start < span_end and end > span_start for span_start, span_end in spans))
+            for start, end in encoded["offset_mapping"]
+        ]
+        return list(encoded["input_ids"]), trained
 
     def expand_image_tokens(self, text: str) -> str:
         return text.replace(self.image_token, self.image_token * self.image_seq_length)

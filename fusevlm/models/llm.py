@@ -50,6 +50,11 @@ def add_image_token(
     image_token_id = tokenizer.convert_tokens_to_ids(image_token)
     rows = model.get_input_embeddings().weight.shape[0]
     if image_token_id >= rows:
-        # The image rows are never read (the splice overwrites them); mean-resizing keeps new logits tame.
-        model.resize_token_embeddings(len(tokenizer))
+        # The new input row is never read (the splice overwrites it). Both new rows start at the mean of the old
+        # ones: deterministic (two builds give the same weights) and a tame logit for a token never predicted.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for matrix in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                           if m is not None}.values():
+                matrix.weight[rows:] = matrix.weight[:rows].mean(dim=0)
     return image_token_id

@@ -1,0 +1,173 @@
+"""``fusevlm train``: a recipe in, a self-contained model folder out (the next stage's and from_pretrained's input)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from ..data.dataset import ConversationDataset, VLMCollator, sample_records
+from ..data.records import BadSampleReport, Record, read_records
+from ..models.builder import build_vlm
+from ..models.vlm import FuseVLMForConditionalGeneration
+from ..processing import FuseVLMProcessor
+from ..templates import get_template
+from .recipe import DataEntry, Recipe
+from .stages import prepare_for_stage
+from .trainer import VLMTrainer
+
+logger = logging.getLogger(__name__)
+
+PROJECTOR_FILE = "projector.safetensors"
+DATA_REPORT_FILE = "data_report.json"
+
+
+def load_mixture(
+    entries: list[DataEntry], *, on_bad_sample: str, report: BadSampleReport, seed: int
+) -> tuple[list[Record], list[str]]:
+    """Read every dataset of a recipe, tag its records with the task, and down/up-sample as asked."""
+    records: list[Record] = []
+    for position, entry in enumerate(entries):
+        task = entry.task or Path(entry.path).stem
+        read = read_records(entry.path, image_root=entry.image_root, on_bad_sample=on_bad_sample, report=report,
+                            task=task)
+        for record in read:
+            record.task = task
+        records += sample_records(read, entry.num_samples, seed + position)
+    tasks = list(dict.fromkeys(r.task for r in records))
+    return records, tasks
+
+
+def load_model(recipe: Recipe) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
+    spec = recipe.model
+    if spec.init_from:
+        model = FuseVLMForConditionalGeneration.from_pretrained(spec.init_from)
+        return model, FuseVLMProcessor.from_pretrained(spec.init_from)
+    return build_vlm(spec.vision, spec.projector, spec.llm, trust_remote_code=spec.trust_remote_code)
+
+
+def training_arguments(recipe: Recipe) -> TrainingArguments:
+    values: dict[str, Any] = {"report_to": "none", **recipe.training}
+    values["output_dir"] = recipe.output_dir
+    values["remove_unused_columns"] = False  # our batches carry task ids and image tensors
+    # Only an unfrozen vision tower has parameters a forward skips (the layers past vision_feature_layer).
+    values.setdefault("ddp_find_unused_parameters", recipe.train_vision)
+    if not torch.cuda.is_available():
+        values.setdefault("use_cpu", True)
+    return TrainingArguments(**values)
+
+
+def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
+    """Run one stage. Data is read and checked before any weights load, so bad data fails fast.
+
+    ``callbacks`` are ``transformers.TrainerCallback`` objects added to the Trainer's own.
+    """
+    seed = int(recipe.training.get("seed", 42))
+    set_seed(seed)
+    report = BadSampleReport()
+    records, tasks = load_mixture(recipe.data, on_bad_sample=recipe.on_bad_sample, report=report, seed=seed)
+
+    model, processor = load_model(recipe)
+    template = get_template(recipe.template) if recipe.template else None
+    dataset = ConversationDataset(
+        records, processor, model_max_length=recipe.model_max_length, chat_template=template,
+        image_aspect_ratio=recipe.image_aspect_ratio, on_bad_sample=recipe.on_bad_sample, report=report, tasks=tasks,
+    )
+    model = prepare_for_stage(model, recipe)
+    if recipe.training.get("gradient_checkpointing"):
+        model.config.use_cache = False
+    # Built after the model: DeepSpeed ZeRO-3 must not see TrainingArguments before the model exists (CPU).
+    args = training_arguments(recipe)
+    trainer = VLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=VLMCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        tasks=tasks,
+        mft_loss_mode=recipe.mft_loss,
+        projector_lr=recipe.projector_lr,
+        vision_lr=recipe.vision_lr,
+        group_by_modality_length=recipe.group_by_modality_length,
+        data_report=report,
+        callbacks=callbacks,
+    )
+    resume = args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+
+    output = Path(recipe.output_dir)
+    save_stage_output(trainer, processor, recipe, output)
+    if trainer.is_world_process_zero():
+        finish_report(trainer, dataset, report, output)
+    return output
+
+
+def save_stage_output(trainer: VLMTrainer, processor: FuseVLMProcessor, recipe: Recipe, output: Path) -> None:
+    """Write the model folder: full weights (LoRA merged, adapter kept in ``adapter/``), processor, projector."""
+    model = trainer.model
+    if recipe.lora is not None:
+        if trainer.is_world_process_zero():
+            model.save_pretrained(output / "adapter")
+            merged = model.merge_and_unload()
+            merged.save_pretrained(output)
+    else:
+        trainer.save_model(str(output))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(output)
+        if recipe.stage == "align":
+            save_projector(output)
+    trainer.accelerator.wait_for_everyone()
+
+
+def save_projector(output: Path) -> None:
+    """The projector's weights alone (LLaVA's ``mm_projector.bin``, as safetensors), read back from the folder."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for file in sorted(output.glob("model*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith("projector."):
+                    tensors[key[len("projector.") :]] = handle.get_tensor(key)
+    save_file(tensors, str(output / PROJECTOR_FILE))
+
+
+def finish_report(trainer: VLMTrainer, dataset: ConversationDataset, report: BadSampleReport, output: Path) -> None:
+    """The run's data report (skips and truncations) in the folder and on screen, and the loss curve."""
+    data = report.to_dict()
+    data["truncated"] = dataset.truncated
+    data["samples"] = len(dataset)
+    (output / DATA_REPORT_FILE).write_text(json.dumps(data, indent=2) + "\n")
+    print(report.summary())
+    if dataset.truncated:
+        print(f"truncated to model_max_length (kept): {dataset.truncated}")
+    history = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
+    (output / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+    if history:
+        plot_losses(history, output / "loss.png", title=f"{output.name}")
+
+
+def plot_losses(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], label="loss", linewidth=2)
+    for key in sorted({k for h in history for k in h if k.startswith("loss_")}):
+        points = [(h["step"], h[key]) for h in history if key in h]
+        ax.plot([s for s, _ in points], [v for _, v in points], label=key[len("loss_") :], alpha=0.7)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,141 @@
+"""The HF Trainer with what a VLM recipe adds: per-part learning rates, the seed's MFT loss with per-task logs,
+modality/length grouping, and the bad samples met while loading images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from ..data.errors import DataError
+from ..data.records import BadSampleReport
+from .samplers import ModalityLengthGroupedSampler, TaskInterleavedSampler
+
+IGNORE_INDEX = -100
+
+
+def per_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy per position (B, T-1) and the mask of trained positions."""
+    shifted_labels = labels[:, 1:]
+    losses = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), shifted_labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(shifted_labels.shape)
+    return losses, shifted_labels != IGNORE_INDEX
+
+
+def mft_loss(
+    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, num_tasks: int, mode: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The seed's multi-task loss: each task's loss, then their mean, so a large task does not drown a small one.
+
+    ``token``: a task's loss is the mean over its trained tokens; ``sample``: the mean over its samples of each
+    sample's token mean. Returns (loss, per-task token-loss sums, per-task token counts) - the sums feed logging.
+    """
+    losses, mask = per_token_losses(logits, labels)
+    token_sums = (losses * mask).sum(dim=1)
+    token_counts = mask.sum(dim=1)
+    one_hot = F.one_hot(task_ids, num_tasks).to(losses.dtype)  # (B, tasks)
+    task_sums = one_hot.T @ token_sums
+    task_counts = one_hot.T @ token_counts.to(losses.dtype)
+    if mode == "token":
+        task_loss = task_sums / task_counts.clamp(min=1)
+        present = task_counts > 0
+    else:
+        has_tokens = (token_counts > 0).to(losses.dtype)
+        sample_means = token_sums / token_counts.clamp(min=1)
+        samples = one_hot.T @ has_tokens
+        task_loss = (one_hot.T @ sample_means) / samples.clamp(min=1)
+        present = samples > 0
+    loss = (task_loss * present).sum() / present.sum().clamp(min=1)
+    return loss, task_sums.detach(), task_counts.detach()
+
+
+class VLMTrainer(Trainer):
+    def __init__(
+        self,
+        *args: Any,
+        tasks: list[str] | None = None,
+        mft_loss_mode: str | None = None,
+        projector_lr: float | None = None,
+        vision_lr: float | None = None,
+        group_by_modality_length: bool = False,
+        data_report: BadSampleReport | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.tasks = tasks or ["default"]
+        self.mft_loss_mode = mft_loss_mode
+        self.projector_lr = projector_lr
+        self.vision_lr = vision_lr
+        self.group_by_modality_length = group_by_modality_length
+        self.data_report = data_report if data_report is not None else BadSampleReport()
+        self._task_sums = torch.zeros(len(self.tasks), dtype=torch.float64)
+        self._task_counts = torch.zeros(len(self.tasks), dtype=torch.float64)
+
+    # ---- optimizer: the projector and the vision tower may have their own learning rates -------------------
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model if model is not None else self.model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            lr = self.args.learning_rate
+            if self.projector_lr is not None and "projector." in name:
+                lr = self.projector_lr
+            elif self.vision_lr is not None and "vision_tower." in name:
+                lr = self.vision_lr
+            weight_decay = self.args.weight_decay if name in decay else 0.0
+            groups.setdefault((lr, weight_decay), []).append(param)
+        param_groups = [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(param_groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    # ---- sampling ------------------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.mft_loss_mode is not None:
+            return TaskInterleavedSampler([s.task_id for s in dataset.samples], seed=self.args.seed)
+        if self.group_by_modality_length:
+            group = self.args.per_device_train_batch_size * self.args.world_size
+            return ModalityLengthGroupedSampler(dataset.lengths, group, seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    # ---- loss ----------------------------------------------------------------------------------------------
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        task_ids = inputs.pop("task_ids", None)
+        for error in inputs.pop("data_errors", []):
+            error = dict(error)
+            dataset = error.pop("dataset")
+            self.data_report.add(
+                dataset,
+                DataError(error["message"], reason=error["reason"]),
+            )
+        if self.mft_loss_mode is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss, sums, counts = mft_loss(outputs.logits, labels, task_ids, len(self.tasks), self.mft_loss_mode)
+        self._task_sums += sums.cpu().double()
+        self._task_counts += counts.cpu().double()
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Training logs gain ``loss_<task>``: each task's mean token loss since the last log, over all ranks."""
+        if self.mft_loss_mode is not None and "loss" in logs:
+            totals = torch.stack([self._task_sums, self._task_counts]).to(self.args.device)
+            totals = self.accelerator.reduce(totals, reduction="sum").cpu()
+            for task, total, count in zip(self.tasks, totals[0].tolist(), totals[1].tolist(), strict=True):
+                if count > 0:
+                    logs[f"loss_{task}"] = round(total / count, 4)
+            self._task_sums.zero_()
+            self._task_counts.zero_()
+        super().log(logs, *args, **kwargs)

@@ -1,0 +1,122 @@
+"""align then instruct on a small LLaVA-format dataset: what trains, what is saved, what reloads."""
+
+import json
+
+import pytest
+import torch
+from helpers import make_dataset, recipe
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from fusevlm import FuseVLMForConditionalGeneration
+from fusevlm.train.recipe import RecipeError, recipe_from_dict
+from fusevlm.train.run import train
+
+
+def losses(folder):
+    history = json.loads((folder / "log_history.json").read_text())
+    return [h["loss"] for h in history if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def setup(checkpoints, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stages")
+    data = make_dataset(tmp / "data", 16)
+    entry = [{"path": str(data), "image_root": str(tmp / "data" / "images")}]
+    model = {"vision": str(checkpoints("vision", "clip", hidden=64)), "projector": "mlp2x_gelu",
+             "llm": str(checkpoints("llm", "llama"))}
+    return tmp, entry, model
+
+
+@pytest.fixture(scope="module")
+def aligned(setup):
+    tmp, entry, model = setup
+    out = train(recipe_from_dict(recipe(tmp, entry, model=model, output_dir=str(tmp / "align"), max_steps=12,
+                                        learning_rate=1e-2)))
+    return out
+
+
+def test_align_trains_only_the_projector_and_saves_it_alone(setup, aligned):
+    tmp, entry, model = setup
+    from fusevlm import build_vlm
+
+    initial, _ = build_vlm(model["vision"], model["projector"], model["llm"])
+    trained = FuseVLMForConditionalGeneration.from_pretrained(aligned)
+    before, after = initial.state_dict(), trained.state_dict()
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert changed and all(k.startswith("projector.") for k in changed)
+    assert set(changed) == {k for k in before if k.startswith("projector.")}
+    alone = load_file(aligned / "projector.safetensors")
+    assert set(alone) == {k[len("projector."):] for k in changed}
+    assert all(torch.equal(alone[k], after["projector." + k]) for k in alone)
+    history = losses(aligned)
+    assert sum(history[-3:]) / 3 < sum(history[:3]) / 3
+    report = json.loads((aligned / "data_report.json").read_text())
+    assert report["skipped"] == 0 and report["samples"] == 16
+
+
+def test_full_instruct_trains_llm_and_projector_not_vision(setup, aligned):
+    tmp, entry, _ = setup
+    out = train(recipe_from_dict(recipe(tmp, entry, model={"init_from": str(aligned)}, stage="instruct",
+                                        template="chatml", output_dir=str(tmp / "full"), max_steps=10,
+                                        learning_rate=3e-3)))
+    before = FuseVLMForConditionalGeneration.from_pretrained(aligned).state_dict()
+    after = FuseVLMForConditionalGeneration.from_pretrained(out).state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"projector", "language_model"}
+    history = losses(out)
+    assert sum(history[-3:]) / 3 < sum(history[:3]) / 3
+
+
+def test_lora_instruct_keeps_base_weights_and_saves_the_trained_projector(setup, aligned):
+    tmp, entry, _ = setup
+    out = train(recipe_from_dict(recipe(tmp, entry, model={"init_from": str(aligned)}, stage="instruct",
+                                        template="chatml", output_dir=str(tmp / "lora"), max_steps=10,
+                                        learning_rate=3e-3, lora={"r": 4, "alpha": 8, "dropout": 0.0})))
+    base = FuseVLMForConditionalGeneration.from_pretrained(aligned)
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    # The adapter folder holds LoRA weights + the projector; loading it leaves the base LLM weights untouched.
+    peft_model = PeftModel.from_pretrained(base, out / "adapter")
+    adapter_files = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter_files)
+    assert any("projector" in k and "modules_to_save" in k or "projector" in k for k in adapter_files)
+    for name, param in peft_model.base_model.model.language_model.named_parameters():
+        if "lora_" not in name:
+            key = "language_model." + name.replace(".base_layer", "")
+            assert torch.equal(param, base_state[key]), name
+    # The merged folder reloads with the trained projector (changed from the aligned one, equal to the adapter's).
+    merged = FuseVLMForConditionalGeneration.from_pretrained(out).state_dict()
+    projector_keys = [k for k in base_state if k.startswith("projector.")]
+    assert any(not torch.equal(merged[k], base_state[k]) for k in projector_keys)
+    adapter_projector = peft_model.base_model.model.projector.modules_to_save["default"].state_dict()
+    for k in projector_keys:
+        assert torch.equal(merged[k], adapter_projector[k[len("projector."):]])
+    # LoRA was merged into the LLM, and only there
+    assert any(not torch.equal(merged[k], base_state[k]) for k in base_state if k.startswith("language_model."))
+    assert all(torch.equal(merged[k], base_state[k]) for k in base_state if k.startswith("vision_tower."))
+
+
+def test_recipe_errors_are_named_before_any_weights_load(setup):
+    tmp, entry, model = setup
+    with pytest.raises(RecipeError, match="unknown key 'learning_rat'.*did you mean learning_rate"):
+        recipe_from_dict(recipe(tmp, entry, model=model, learning_rat=1e-3))
+    with pytest.raises(RecipeError, match="align stage trains the projector only"):
+        recipe_from_dict(recipe(tmp, entry, model=model, lora={"r": 4}))
+    with pytest.raises(RecipeError, match="model: unknown key"):
+        recipe_from_dict(recipe(tmp, entry, model={**model, "visoin": "x"}))
+
+
+def test_identity_projector_in_align_would_train_nothing(checkpoints, tmp_path):
+    data = make_dataset(tmp_path / "data", 4)
+    model = {"vision": str(checkpoints("vision", "clip", hidden=64)), "projector": "identity",
+             "llm": str(checkpoints("llm", "llama"))}
+    with pytest.raises(RecipeError, match="would train nothing"):
+        train(recipe_from_dict(recipe(tmp_path, [{"path": str(data), "image_root": str(tmp_path / "data" / "images")}],
+                                      model=model)))
+
+
+def test_lora_targets_that_match_nothing_are_refused(setup, aligned):
+    tmp, entry, _ = setup
+    with pytest.raises(RecipeError, match=r"target_modules \['nonexistent_proj'\] match no linear layer"):
+        train(recipe_from_dict(recipe(tmp, entry, model={"init_from": str(aligned)}, stage="instruct",
+                                      output_dir=str(tmp / "x"), lora={"r": 4, "target_modules": ["nonexistent_proj"]})))
