@@ -75,6 +75,20 @@ def _init(parser: argparse.ArgumentParser):
     return run
 
 
+@command("demo", "train a tiny VLM from scratch on CPU on synthetic data and show it sees (a few minutes)")
+def _demo(parser: argparse.ArgumentParser):
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where data, model and report go")
+    parser.add_argument("--fast", action="store_true", help="smaller data and model (about a minute; for tests)")
+
+    def run(args: argparse.Namespace) -> int:
+        from .demo import run_demo
+
+        run_demo(args.out, fast=args.fast)
+        return 0
+
+    return run
+
+
 @command("train", "run one training stage from a recipe: fusevlm train RECIPE.yaml [key=value ...]")
 def _train(parser: argparse.ArgumentParser):
     parser.add_argument("recipe", type=Path, help="a YAML recipe (see recipes/)")

@@ -406,8 +406,11 @@ def _row_to_record(
         messages = _match_placeholders(messages, len(images))
     except DataError as err:
         raise err.located(source=row.source, index=row.index, record_id=record_id, line=row.line) from None
+    # A record may name its own task (mixtures of tasks in one file); the caller's task wins.
+    own_task = raw.get("task") if isinstance(raw.get("task"), str) else None
     return Record(
-        source=row.source, index=row.index, id=record_id, images=images, messages=messages, task=task
+        source=row.source, index=row.index, id=record_id, images=images, messages=messages,
+        task=task if task is not None else own_task,
     )
 
 

@@ -32,11 +32,11 @@ def load_mixture(
     """Read every dataset of a recipe, tag its records with the task, and down/up-sample as asked."""
     records: list[Record] = []
     for position, entry in enumerate(entries):
-        task = entry.task or Path(entry.path).stem
         read = read_records(entry.path, image_root=entry.image_root, on_bad_sample=on_bad_sample, report=report,
-                            task=task)
+                            task=entry.task)
         for record in read:
-            record.task = task
+            # The entry's task, else the record's own, else the file's name.
+            record.task = record.task or Path(entry.path).stem
         records += sample_records(read, entry.num_samples, seed + position)
     tasks = list(dict.fromkeys(r.task for r in records))
     return records, tasks
