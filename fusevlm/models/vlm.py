@@ -156,11 +156,17 @@ class FuseVLMForConditionalGeneration(FuseVLMPreTrainedModel, GenerationMixin):
 
 
 def register_auto_classes() -> None:
-    """Let ``AutoConfig`` / ``AutoModelForImageTextToText`` load fusevlm folders (done on ``import fusevlm``)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    """Let ``AutoConfig`` / ``AutoModelForImageTextToText`` / ``AutoProcessor`` load fusevlm folders.
+
+    Done on ``import fusevlm``.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from ..processing import FuseVLMProcessor
 
     AutoConfig.register("fusevlm", FuseVLMConfig, exist_ok=True)
     AutoModelForImageTextToText.register(FuseVLMConfig, FuseVLMForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(FuseVLMConfig, FuseVLMProcessor, exist_ok=True)
 
 
 __all__ = ["FuseVLMForConditionalGeneration", "FuseVLMPreTrainedModel", "ImageTokenMismatchError"]

@@ -71,6 +71,7 @@ class VLMTrainer(Trainer):
         self.vision_lr = vision_lr
         self.group_by_modality_length = group_by_modality_length
         self.data_report = data_report if data_report is not None else BadSampleReport()
+        self._bad_seen: set[tuple[str, int]] = set()
         self._task_sums = torch.zeros(len(self.tasks), dtype=torch.float64)
         self._task_counts = torch.zeros(len(self.tasks), dtype=torch.float64)
 
@@ -113,12 +114,11 @@ class VLMTrainer(Trainer):
     ) -> Any:
         task_ids = inputs.pop("task_ids", None)
         for error in inputs.pop("data_errors", []):
-            error = dict(error)
-            dataset = error.pop("dataset")
-            self.data_report.add(
-                dataset,
-                DataError(error["message"], reason=error["reason"]),
-            )
+            # A bad image is met again every epoch: count each record once.
+            key = (error["dataset"], error["index"])
+            if key not in self._bad_seen:
+                self._bad_seen.add(key)
+                self.data_report.add(error["dataset"], DataError(error["message"], reason=error["reason"]))
         if self.mft_loss_mode is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")

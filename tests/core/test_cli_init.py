@@ -5,7 +5,7 @@ import sys
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from fusevlm import FuseVLMProcessor
 
@@ -42,7 +42,8 @@ def test_init_writes_a_loadable_folder_and_prints_parameters(tmp_path, checkpoin
     assert not list(out.glob("*.bin"))
 
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
-    processor = FuseVLMProcessor.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    assert isinstance(processor, FuseVLMProcessor)
     assert type(model).__name__ == "FuseVLMForConditionalGeneration"
     assert model.vision_tower.name == "fused" and model.projector.name == "pixel_shuffle"
     batch = processor(text=["<image> hello"], images=[Image.new("RGB", (32, 32), "white")])

@@ -67,3 +67,15 @@ def test_deepspeed_zero_trains_and_saves_a_full_model_that_reloads(base, tmp_pat
     before, after = initial.state_dict(), reloaded.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"projector", "language_model"}
+
+
+def test_the_shipped_launch_script_runs_a_stage_under_torchrun(base, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**base, "max_steps": 2}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RECIPE": str(path), "NPROC": "2"}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "pretrain.sh"), f"output_dir={tmp_path / 'script'}"],
+                            capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = FuseVLMForConditionalGeneration.from_pretrained(tmp_path / "script")
+    assert model.config.projector_config["type"] == "mlp2x_gelu"
+    assert (tmp_path / "script" / "projector.safetensors").exists()

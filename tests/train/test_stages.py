@@ -120,3 +120,38 @@ def test_lora_targets_that_match_nothing_are_refused(setup, aligned):
     with pytest.raises(RecipeError, match=r"target_modules \['nonexistent_proj'\] match no linear layer"):
         train(recipe_from_dict(recipe(tmp, entry, model={"init_from": str(aligned)}, stage="instruct",
                                       output_dir=str(tmp / "x"), lora={"r": 4, "target_modules": ["nonexistent_proj"]})))
+
+
+def test_train_command_reads_the_recipe_and_applies_overrides(setup, tmp_path):
+    import yaml
+
+    from fusevlm.cli import main
+
+    tmp, entry, model = setup
+    values = recipe(tmp, entry, model=model, output_dir=str(tmp_path / "ignored"))
+    path = tmp_path / "align.yaml"
+    path.write_text(yaml.safe_dump(values))
+    out = tmp_path / "cli"
+    assert main(["train", str(path), f"output_dir={out}", "max_steps=2", "model.projector=linear"]) == 0
+    trained = FuseVLMForConditionalGeneration.from_pretrained(out)
+    assert trained.config.projector_config == {"type": "linear"}
+    assert len(losses(out)) == 2
+    assert not (tmp_path / "ignored").exists()
+    assert main(["train", str(path), "learning_rat=1"]) == 2
+
+
+def test_a_corrupt_image_is_skipped_once_and_reported_in_the_output_folder(checkpoints, tmp_path):
+    data = make_dataset(tmp_path / "data", 8)
+    (tmp_path / "data" / "images" / "train_3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    model = {"vision": str(checkpoints("vision", "clip", hidden=64)), "projector": "linear",
+             "llm": str(checkpoints("llm", "llama"))}
+    values = recipe(tmp_path, [{"path": str(data), "image_root": str(tmp_path / "data" / "images")}], model=model,
+                    on_bad_sample="skip", max_steps=6)
+    out = train(recipe_from_dict(values))
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["skipped"] == 1
+    (dataset,) = report["datasets"].values()
+    assert dataset["reasons"] == {"bad_image": 1}
+    assert "train_3.png" in dataset["examples"][0]["message"]
+    with pytest.raises(Exception, match="train_3.png"):
+        train(recipe_from_dict({**values, "on_bad_sample": "error", "output_dir": str(tmp_path / "strict")}))
