@@ -37,6 +37,7 @@ def build_vlm(
     trust_remote_code: bool = False,
     image_token: str = "<image>",
     chat_template: str | None = None,
+    llm_kwargs: dict[str, Any] | None = None,
     **hub_kwargs: Any,
 ) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
     """Assemble a ready model and processor from pretrained parts.
@@ -44,9 +45,12 @@ def build_vlm(
     ``vision``: a registry name, hub name, local folder, spec dict or a list (fused); ``projector``: a name
     (``mlp2x_gelu``) or ``{"type": ..., **options}``; ``llm``: a hub name or folder of any causal LM.
     The projector is freshly initialised, unless the vision checkpoint carries one that fits (Qwen-VL's resampler).
+    ``llm_kwargs`` go to the LLM's ``from_pretrained`` only (a ``quantization_config``, say).
     """
     encoder = load_vision_encoder(vision, **hub_kwargs)
-    language_model, tokenizer = load_llm(llm, dtype=dtype, trust_remote_code=trust_remote_code, **hub_kwargs)
+    language_model, tokenizer = load_llm(
+        llm, dtype=dtype, trust_remote_code=trust_remote_code, model_kwargs=llm_kwargs, **hub_kwargs
+    )
     image_token_id = add_image_token(tokenizer, language_model, image_token)
 
     projector_config = {"type": projector} if isinstance(projector, str) else dict(projector)

@@ -20,14 +20,17 @@ def load_llm(
     *,
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
     **hub_kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a hub name or a local folder.
 
     ``trust_remote_code`` stays off unless the caller asks: a checkpoint's own Python never runs by default.
+    ``model_kwargs`` go to the model's ``from_pretrained`` only (e.g. a ``quantization_config``).
     """
     model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=dtype or "auto", trust_remote_code=trust_remote_code, **hub_kwargs
+        str(name_or_path), dtype=dtype or "auto", trust_remote_code=trust_remote_code, **hub_kwargs,
+        **(model_kwargs or {}),
     )
     tokenizer = AutoTokenizer.from_pretrained(
         str(name_or_path), trust_remote_code=trust_remote_code, **hub_kwargs

@@ -80,6 +80,11 @@ class Recipe:
             raise RecipeError(f"{where}: the align stage trains the projector only; lora/qlora/train_vision are for instruct")
         if self.qlora and not self.lora:
             raise RecipeError(f"{where}: qlora needs a lora section (r, alpha)")
+        if self.qlora:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RecipeError(f"{where}: qlora needs a CUDA GPU and bitsandbytes; this machine has no GPU")
         if self.mft_loss not in (None, *MFT_LOSSES):
             raise RecipeError(f"{where}: mft_loss must be one of {MFT_LOSSES}, got {self.mft_loss!r}")
         if self.on_bad_sample not in ("error", "skip"):

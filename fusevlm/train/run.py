@@ -16,7 +16,7 @@ from ..models.builder import build_vlm
 from ..models.vlm import FuseVLMForConditionalGeneration
 from ..processing import FuseVLMProcessor
 from ..templates import get_template
-from .recipe import DataEntry, Recipe
+from .recipe import DataEntry, Recipe, RecipeError
 from .stages import prepare_for_stage
 from .trainer import VLMTrainer
 
@@ -44,10 +44,28 @@ def load_mixture(
 
 def load_model(recipe: Recipe) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
     spec = recipe.model
+    extra = {"quantization_config": qlora_config()} if recipe.qlora else {}
     if spec.init_from:
-        model = FuseVLMForConditionalGeneration.from_pretrained(spec.init_from)
+        model = FuseVLMForConditionalGeneration.from_pretrained(spec.init_from, **extra)
         return model, FuseVLMProcessor.from_pretrained(spec.init_from)
-    return build_vlm(spec.vision, spec.projector, spec.llm, trust_remote_code=spec.trust_remote_code)
+    return build_vlm(spec.vision, spec.projector, spec.llm, trust_remote_code=spec.trust_remote_code, llm_kwargs=extra)
+
+
+def qlora_config() -> Any:
+    """QLoRA's 4-bit NF4 with double quantisation for the LLM; vision tower, projector and head stay full."""
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise RecipeError("qlora needs bitsandbytes: pip install bitsandbytes") from err
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=["vision_tower", "projector", "lm_head"],
+    )
 
 
 def training_arguments(recipe: Recipe) -> TrainingArguments:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -55,12 +54,10 @@ def _with_lora(model: FuseVLMForConditionalGeneration, recipe: Recipe) -> Any:
     from peft import LoraConfig, get_peft_model
 
     if recipe.qlora:
-        if not torch.cuda.is_available():
-            raise RecipeError(f"{recipe.source}: qlora needs a CUDA GPU and bitsandbytes; this machine has no GPU")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise RecipeError(f"{recipe.source}: qlora needs bitsandbytes (pip install bitsandbytes)") from err
+        from peft import prepare_model_for_kbit_training
+
+        # The LLM was loaded in 4 bit (run.load_model); this readies it for training adapters on top.
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(recipe.training.get("gradient_checkpointing")))
     lora = recipe.lora
     # The projector (and an unfrozen vision tower) train in full and are saved with the adapter: LLaVA lost its
     # projector when saving LoRA runs; modules_to_save is what keeps it.
