@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from ..processing import FuseVLMProcessor
 from .errors import DataError
 from .images import apply_aspect, load_image, mean_color
-from .records import BadSampleReport, Record
+from .records import Record
+from .report import BadSampleReport
 
 IGNORE_INDEX = -100
 

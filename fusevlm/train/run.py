@@ -11,7 +11,8 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from ..data.dataset import ConversationDataset, VLMCollator, sample_records
-from ..data.records import BadSampleReport, Record, read_records
+from ..data.records import Record, read_records
+from ..data.report import BadSampleReport
 from ..models.builder import build_vlm
 from ..models.vlm import FuseVLMForConditionalGeneration
 from ..processing import FuseVLMProcessor

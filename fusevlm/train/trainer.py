@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from ..data.errors import DataError
-from ..data.records import BadSampleReport
+from ..data.report import BadSampleReport
 from .samplers import ModalityLengthGroupedSampler, TaskInterleavedSampler
 
 IGNORE_INDEX = -100

@@ -14,7 +14,8 @@ from PIL import Image
 
 from fusevlm.data.errors import DataError
 from fusevlm.data.images import load_image
-from fusevlm.data.records import BadSampleReport, Record, read_records, resolve_image_path
+from fusevlm.data.records import Record, read_records, resolve_image_path
+from fusevlm.data.report import BadSampleReport
 
 RED = (255, 0, 0)
 

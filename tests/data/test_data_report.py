@@ -9,7 +9,8 @@ import logging
 from PIL import Image
 
 from fusevlm.data.errors import DataError, ImageError
-from fusevlm.data.records import BadSampleReport, read_records
+from fusevlm.data.records import read_records
+from fusevlm.data.report import BadSampleReport
 
 
 def qa(question="<image>\nQ?", answer="A."):

@@ -9,7 +9,8 @@ from PIL import Image
 from fusevlm import build_vlm
 from fusevlm.data.dataset import ConversationDataset
 from fusevlm.data.errors import DataError
-from fusevlm.data.records import BadSampleReport, read_records
+from fusevlm.data.records import read_records
+from fusevlm.data.report import BadSampleReport
 from fusevlm.templates import BUILTIN_TEMPLATES, CHATML
 
 CONVERSATION = [
