@@ -114,6 +114,46 @@ def _convert(parser: argparse.ArgumentParser):
     return run_convert
 
 
+@command("eval", "answer a benchmark with a model, write the official answers file and score it")
+def _eval(parser: argparse.ArgumentParser):
+    from .eval.cli import add_eval_arguments, run_eval
+
+    add_eval_arguments(parser)
+    return run_eval
+
+
+@command("serve", "serve a model over an OpenAI-compatible HTTP API (127.0.0.1 unless told otherwise)")
+def _serve(parser: argparse.ArgumentParser):
+    from .serve.server import add_arguments, run
+
+    add_arguments(parser)
+    return run
+
+
+@command("chat", "chat with a model in the terminal (/image PATH, /reset, /quit)")
+def _chat(parser: argparse.ArgumentParser):
+    from .serve.chat import add_arguments, run
+
+    add_arguments(parser)
+    return run
+
+
+@command("export", "export a model to another format (hf-llava: transformers' LlavaForConditionalGeneration)")
+def _export(parser: argparse.ArgumentParser):
+    from .export import add_arguments, run_export
+
+    add_arguments(parser)
+    return run_export
+
+
+@command("import", "import a model from another format (hf-llava) as a fusevlm model folder")
+def _import(parser: argparse.ArgumentParser):
+    from .export import add_arguments, run_import
+
+    add_arguments(parser)
+    return run_import
+
+
 @command("score", "score an answers file in a benchmark's submission format, with no model loaded")
 def _score(parser: argparse.ArgumentParser):
     parser.add_argument("--benchmark", required=True, help="vqav2 | textvqa | vizwiz | gqa | mmbench | mmbench_cn | ...")

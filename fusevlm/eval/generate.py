@@ -19,6 +19,15 @@ class Prompt:
     images: list[Image.Image] = field(default_factory=list)
 
 
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """End-of-sequence ids: the tokenizer's EOS and ChatML's ``<|im_end|>`` when the vocabulary has it.
+
+    Evaluation and serving both stop on these, so served and evaluated answers end alike.
+    """
+    candidates = (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted({i for i in candidates if i is not None and i != tokenizer.unk_token_id})
+
+
 def encode_prompts(processor: FuseVLMProcessor, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
     """Left-padded batch of generation prompts (the training encoding, plus the assistant header)."""
     encoded = [processor.encode_chat(p.messages, p.images, add_generation_prompt=True) for p in prompts]
@@ -50,8 +59,7 @@ def generate_answers(
     """Greedy answers, in order. Deterministic: no sampling, and padding never changes a prompt's answer."""
     model.eval()
     tokenizer = processor.tokenizer
-    stop_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-                       if i is not None and i != tokenizer.unk_token_id})
+    stop_ids = stop_token_ids(tokenizer)
     answers: list[str] = []
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress):
