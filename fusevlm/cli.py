@@ -89,6 +89,14 @@ def _demo(parser: argparse.ArgumentParser):
     return run
 
 
+@command("plan", "parameters, image tokens and memory per GPU of a recipe, offline: fusevlm plan [--gpus N] RECIPE.yaml")
+def _plan(parser: argparse.ArgumentParser):
+    from .plan import add_arguments, run
+
+    add_arguments(parser)
+    return run
+
+
 @command("train", "run one training stage from a recipe: fusevlm train RECIPE.yaml [key=value ...]")
 def _train(parser: argparse.ArgumentParser):
     parser.add_argument("recipe", type=Path, help="a YAML recipe (see recipes/)")

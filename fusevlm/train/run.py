@@ -97,7 +97,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
         image_aspect_ratio=recipe.image_aspect_ratio, on_bad_sample=recipe.on_bad_sample, report=report, tasks=tasks,
     )
     model = prepare_for_stage(model, recipe)
-    if recipe.training.get("gradient_checkpointing"):
+    if recipe.training.get("gradient_checkpointing") or recipe.training.get("activation_checkpointing"):
         model.config.use_cache = False
     # Built after the model: DeepSpeed ZeRO-3 must not see TrainingArguments before the model exists (CPU).
     args = training_arguments(recipe)
