@@ -146,6 +146,14 @@ def _chat(parser: argparse.ArgumentParser):
     return run
 
 
+@command("merge", "fold a LoRA adapter (and its trained projector) into its base model: one folder")
+def _merge(parser: argparse.ArgumentParser):
+    from .serve.merge import add_arguments, run
+
+    add_arguments(parser)
+    return run
+
+
 @command("export", "export a model to another format (hf-llava: transformers' LlavaForConditionalGeneration)")
 def _export(parser: argparse.ArgumentParser):
     from .export import add_arguments, run_export

@@ -68,11 +68,16 @@ def test_full_instruct_trains_llm_and_projector_not_vision(setup, aligned):
     assert sum(history[-3:]) / 3 < sum(history[:3]) / 3
 
 
-def test_lora_instruct_keeps_base_weights_and_saves_the_trained_projector(setup, aligned):
+@pytest.fixture(scope="module")
+def lora_run(setup, aligned):
     tmp, entry, _ = setup
-    out = train(recipe_from_dict(recipe(tmp, entry, model={"init_from": str(aligned)}, stage="instruct",
-                                        template="chatml", output_dir=str(tmp / "lora"), max_steps=10,
-                                        learning_rate=3e-3, lora={"r": 4, "alpha": 8, "dropout": 0.0})))
+    return train(recipe_from_dict(recipe(tmp, entry, model={"init_from": str(aligned)}, stage="instruct",
+                                         template="chatml", output_dir=str(tmp / "lora"), max_steps=10,
+                                         learning_rate=3e-3, lora={"r": 4, "alpha": 8, "dropout": 0.0})))
+
+
+def test_lora_instruct_keeps_base_weights_and_saves_the_trained_projector(aligned, lora_run):
+    out = lora_run
     base = FuseVLMForConditionalGeneration.from_pretrained(aligned)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     # The adapter folder holds LoRA weights + the projector; loading it leaves the base LLM weights untouched.
@@ -155,3 +160,17 @@ def test_a_corrupt_image_is_skipped_once_and_reported_in_the_output_folder(check
     assert "train_3.png" in dataset["examples"][0]["message"]
     with pytest.raises(Exception, match="train_3.png"):
         train(recipe_from_dict({**values, "on_bad_sample": "error", "output_dir": str(tmp_path / "strict")}))
+
+
+def test_merge_command_rebuilds_the_merged_folder_from_base_and_adapter(aligned, lora_run, tmp_path):
+    from fusevlm.cli import main
+
+    assert main(["merge", "--adapter", str(lora_run / "adapter"), "--base", str(aligned),
+                 "--out", str(tmp_path / "merged")]) == 0
+    ours = FuseVLMForConditionalGeneration.from_pretrained(tmp_path / "merged").state_dict()
+    reference = FuseVLMForConditionalGeneration.from_pretrained(lora_run).state_dict()
+    assert set(ours) == set(reference)
+    for key in reference:
+        torch.testing.assert_close(ours[key], reference[key], rtol=0, atol=1e-6, msg=key)
+    assert (tmp_path / "merged" / "processor_config.json").exists()
+    assert main(["merge", "--adapter", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
