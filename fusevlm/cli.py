@@ -146,6 +146,14 @@ def _chat(parser: argparse.ArgumentParser):
     return run
 
 
+@command("web", "a Gradio page to upload an image and chat with a model (127.0.0.1 unless told otherwise)")
+def _web(parser: argparse.ArgumentParser):
+    from .serve.web import add_arguments, run
+
+    add_arguments(parser)
+    return run
+
+
 @command("merge", "fold a LoRA adapter (and its trained projector) into its base model: one folder")
 def _merge(parser: argparse.ArgumentParser):
     from .serve.merge import add_arguments, run
