@@ -89,14 +89,6 @@ def _demo(parser: argparse.ArgumentParser):
     return run
 
 
-@command("plan", "parameters, image tokens and memory per GPU of a recipe, offline: fusevlm plan [--gpus N] RECIPE.yaml")
-def _plan(parser: argparse.ArgumentParser):
-    from .plan import add_arguments, run
-
-    add_arguments(parser)
-    return run
-
-
 @command("train", "run one training stage from a recipe: fusevlm train RECIPE.yaml [key=value ...]")
 def _train(parser: argparse.ArgumentParser):
     parser.add_argument("recipe", type=Path, help="a YAML recipe (see recipes/)")
@@ -111,71 +103,6 @@ def _train(parser: argparse.ArgumentParser):
         return 0
 
     return run
-
-
-@command("convert", "convert a public dataset release into fusevlm's conversation JSON")
-def _convert(parser: argparse.ArgumentParser):
-    from .data.convert.__main__ import add_arguments
-    from .data.convert.__main__ import run as run_convert
-
-    add_arguments(parser)
-    return run_convert
-
-
-@command("eval", "answer a benchmark with a model, write the official answers file and score it")
-def _eval(parser: argparse.ArgumentParser):
-    from .eval.cli import add_eval_arguments, run_eval
-
-    add_eval_arguments(parser)
-    return run_eval
-
-
-@command("serve", "serve a model over an OpenAI-compatible HTTP API (127.0.0.1 unless told otherwise)")
-def _serve(parser: argparse.ArgumentParser):
-    from .serve.server import add_arguments, run
-
-    add_arguments(parser)
-    return run
-
-
-@command("chat", "chat with a model in the terminal (/image PATH, /reset, /quit)")
-def _chat(parser: argparse.ArgumentParser):
-    from .serve.chat import add_arguments, run
-
-    add_arguments(parser)
-    return run
-
-
-@command("web", "a Gradio page to upload an image and chat with a model (127.0.0.1 unless told otherwise)")
-def _web(parser: argparse.ArgumentParser):
-    from .serve.web import add_arguments, run
-
-    add_arguments(parser)
-    return run
-
-
-@command("merge", "fold a LoRA adapter (and its trained projector) into its base model: one folder")
-def _merge(parser: argparse.ArgumentParser):
-    from .serve.merge import add_arguments, run
-
-    add_arguments(parser)
-    return run
-
-
-@command("export", "export a model to another format (hf-llava: transformers' LlavaForConditionalGeneration)")
-def _export(parser: argparse.ArgumentParser):
-    from .export import add_arguments, run_export
-
-    add_arguments(parser)
-    return run_export
-
-
-@command("import", "import a model from another format (hf-llava) as a fusevlm model folder")
-def _import(parser: argparse.ArgumentParser):
-    from .export import add_arguments, run_import
-
-    add_arguments(parser)
-    return run_import
 
 
 @command("score", "score an answers file in a benchmark's submission format, with no model loaded")
@@ -203,17 +130,54 @@ def _score(parser: argparse.ArgumentParser):
     return run
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
+# Subcommands whose parser and runner live with the code they run: (help, module, add-arguments, runner).
+DELEGATED: dict[str, tuple[str, str, str, str]] = {
+    "plan": ("parameters, image tokens and memory per GPU of a recipe, offline: fusevlm plan [--gpus N] RECIPE.yaml",
+             "fusevlm.plan", "add_arguments", "run"),
+    "convert": ("convert a public dataset release into fusevlm's conversation JSON",
+                "fusevlm.data.convert.__main__", "add_arguments", "run"),
+    "eval": ("answer a benchmark with a model, write the official answers file and score it",
+             "fusevlm.eval.cli", "add_eval_arguments", "run_eval"),
+    "serve": ("serve a model over an OpenAI-compatible HTTP API (127.0.0.1 unless told otherwise)",
+              "fusevlm.serve.server", "add_arguments", "run"),
+    "chat": ("chat with a model in the terminal (/image PATH, /reset, /quit)", "fusevlm.serve.chat", "add_arguments", "run"),
+    "web": ("a Gradio page to upload an image and chat with a model (127.0.0.1 unless told otherwise)",
+            "fusevlm.serve.web", "add_arguments", "run"),
+    "merge": ("fold a LoRA adapter (and its trained projector) into its base model: one folder",
+              "fusevlm.serve.merge", "add_arguments", "run"),
+    "export": ("export a model to another format (hf-llava: transformers' LlavaForConditionalGeneration)",
+               "fusevlm.export", "add_arguments", "run_export"),
+    "import": ("import a model from another format (hf-llava) as a fusevlm model folder",
+               "fusevlm.export", "add_arguments", "run_import"),
+}
+
+
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
+    """Every subcommand is listed; only ``command``'s arguments are built, since building them imports its code
+    (and optional packages such as gradio or fastapi that other commands do not need)."""
     parser = argparse.ArgumentParser(prog="fusevlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    runners = {}
-    for name, (help_text, add_arguments) in COMMANDS.items():
-        runners[name] = add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    runners: dict[str, Runner] = {}
+    helps = {**{name: h for name, (h, _) in COMMANDS.items()}, **{name: d[0] for name, d in DELEGATED.items()}}
+    for name, help_text in helps.items():
+        subparser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            runners[name] = COMMANDS[name][1](subparser) if name in COMMANDS else _delegated(name, subparser)
     return parser, runners
 
 
+def _delegated(name: str, parser: argparse.ArgumentParser) -> Runner:
+    import importlib
+
+    _, module_name, add_name, run_name = DELEGATED[name]
+    module = importlib.import_module(module_name)
+    getattr(module, add_name)(parser)
+    return getattr(module, run_name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser, runners = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, runners = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     try:
         return runners[args.command](args)
