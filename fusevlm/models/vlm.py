@@ -8,6 +8,8 @@ image-token positions in ``input_ids`` receive the projected image embeddings; `
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,6 +64,19 @@ class FuseVLMForConditionalGeneration(FuseVLMPreTrainedModel, GenerationMixin):
             )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """transformers' loader, after refusing a folder of another architecture with a message that says so."""
+        config_file = Path(str(pretrained_model_name_or_path)) / "config.json"
+        if kwargs.get("config") is None and config_file.is_file():
+            found = json.loads(config_file.read_text()).get("model_type")
+            if found != FuseVLMConfig.model_type:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path}: config.json is a {found!r} model, not a fusevlm one; compose "
+                    "one with `fusevlm init` / fusevlm.build_vlm, or convert a llava-hf folder with `fusevlm import`"
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # ---- embeddings delegate to the LM (resize_token_embeddings, tying and PEFT rely on these) -------------
     def get_input_embeddings(self) -> nn.Module:

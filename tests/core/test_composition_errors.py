@@ -114,3 +114,10 @@ def test_llava_style_projector_file_loads_and_a_wrong_one_says_what_differs(tmp_
         assert torch.equal(model.projector.state_dict()[key], value)
     with pytest.raises(ValueError, match=r"does not fit projector 'mlp\{N\}x_gelu'.*missing"):
         load_mixed_pretrained_model(llm, vision, "mlp3x_gelu", tmp_path / "mm_projector.bin")
+
+
+def test_a_folder_of_another_architecture_is_refused_by_name(checkpoints):
+    from fusevlm import FuseVLMForConditionalGeneration
+
+    with pytest.raises(ValueError, match="config.json is a 'llama' model, not a fusevlm one"):
+        FuseVLMForConditionalGeneration.from_pretrained(checkpoints("llm", "llama"))
