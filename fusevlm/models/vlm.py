@@ -4,22 +4,61 @@ Follows transformers' Llava conventions: it takes ``input_ids``, ``attention_mas
 image-token positions in ``input_ids`` receive the projected image embeddings; ``generate`` runs with the KV cache
 (``pixel_values`` are consumed at prefill only). Parameters live under ``vision_tower.``, ``projector.`` and
 ``language_model.``.
+
+Training (``model.train()`` with ``labels``) runs the LM's decoder and applies its output head only where the next
+label is trained (as Liger's ``skip_logits`` does): the loss is transformers' causal-LM loss, ``logits`` is None, and
+``token_losses`` holds each position's loss for the multi-task loss. Eval mode, or no labels, keeps full logits.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .configuration import FuseVLMConfig
 from .projectors import Projector, build_projector
 from .vision import VisionEncoder, build_vision_encoder
+
+IGNORE_INDEX = -100
+
+# Causal LMs whose logits are exactly ``lm_head(decoder(...).last_hidden_state)``, plus a final transform for a few
+# (read from each class's forward in transformers 5.24). Only these take the training path that applies the head at
+# trained positions only; any other LM (remote code, MoE with router losses, unknown transforms) gets the full path.
+_PLAIN_HEAD = "plain"
+_LOGIT_HEADS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "llama", "mistral", "ministral", "qwen2", "qwen3", "gemma", "phi", "phi3", "gpt2", "starcoder2",
+            "olmo", "olmo2", "smollm3", "gpt_neox", "stablelm", "glm", "glm4", "helium",
+        ),
+        _PLAIN_HEAD,
+    ),
+    "gemma2": "softcap",  # logits = cap * tanh(logits / cap) when config.final_logit_softcapping is set
+    "gemma3_text": "softcap",
+    "cohere": "scale",  # logits * config.logit_scale
+    "granite": "divide",  # logits / config.logits_scaling
+}
+
+
+@dataclass
+class FuseVLMCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus ``token_losses``: the next-token loss of every position.
+
+    ``token_losses`` is ``(B, T-1)`` float32 (``(B, T)`` when ``shift_labels`` were given), position ``t`` holding
+    the loss of predicting token ``t+1``, zero where that label is ignored. Given whenever ``labels`` are. In
+    training mode (with labels) ``logits`` is None: only the trained positions' logits were ever computed.
+    """
+
+    token_losses: torch.Tensor | None = None
 
 
 class ImageTokenMismatchError(ValueError):
@@ -148,7 +187,7 @@ class FuseVLMForConditionalGeneration(FuseVLMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | FuseVLMCausalLMOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -158,7 +197,13 @@ class FuseVLMForConditionalGeneration(FuseVLMPreTrainedModel, GenerationMixin):
                 inputs_embeds = self.get_input_embeddings()(input_ids)
             else:
                 inputs_embeds = self.embed_inputs(input_ids, pixel_values)
-        return self.language_model(
+        if labels is not None and self.training and cache is None and self.trains_at_labelled_positions():
+            return self._training_forward(inputs_embeds, attention_mask, position_ids, labels, kwargs)
+        if labels is not None and cache is None and use_cache is None:
+            # A loss needs no cache, and a cache made here would hide packed rows (position_ids restarting per
+            # sample, attention_mask None) from transformers' mask builder: samples would attend to each other.
+            use_cache = False
+        outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -168,6 +213,105 @@ class FuseVLMForConditionalGeneration(FuseVLMPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        if labels is None:
+            return outputs
+        token_losses = None
+        if outputs.logits is not None and outputs.logits.shape[1] == labels.shape[1]:
+            token_losses = _token_losses_from_logits(outputs.logits, labels, kwargs)
+        if type(outputs) is CausalLMOutputWithPast:
+            return FuseVLMCausalLMOutput(**outputs, token_losses=token_losses)
+        outputs["token_losses"] = token_losses  # another output class (an MoE's aux_loss, say): keep its fields
+        return outputs
+
+    # ---- the training loss at trained positions only -----------------------------------------------------------
+    def trains_at_labelled_positions(self) -> bool:
+        """Whether training applies the LM head at trained positions only (else it computes full logits)."""
+        lm = self.language_model
+        model_type = getattr(lm.config, "model_type", None)
+        return (
+            model_type in _LOGIT_HEADS
+            and type(lm).__module__.startswith("transformers.models.")
+            and type(lm).__name__ == MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+            and not getattr(lm.config, "output_router_logits", False)
+            and lm.get_output_embeddings() is not None
+        )
+
+    def output_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The LM's logits for some hidden states: its head plus the final transform its forward applies."""
+        lm = self.language_model
+        logits = lm.get_output_embeddings()(hidden_states)
+        head = _LOGIT_HEADS[lm.config.model_type]
+        if head == "softcap" and lm.config.final_logit_softcapping is not None:
+            cap = lm.config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        elif head == "scale":
+            logits = logits * lm.config.logit_scale
+        elif head == "divide":
+            logits = logits / lm.config.logits_scaling
+        return logits
+
+    def _training_forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        labels: torch.LongTensor,
+        kwargs: dict[str, Any],
+    ) -> FuseVLMCausalLMOutput:
+        """The LM's decoder, then its head and a float32 cross-entropy at the positions whose next label is trained.
+
+        The loss equals transformers' ``ForCausalLMLoss`` on the full logits: the sum over trained tokens divided by
+        their count, or by ``num_items_in_batch`` when the Trainer passes it (gradient accumulation). No cache is
+        made (``use_cache=False``): packed rows (``position_ids`` restarting per sample, ``attention_mask=None``) are
+        recognised from ``position_ids`` only when no cache is given.
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        shift_labels = kwargs.pop("shift_labels", None)
+        ignore_index = kwargs.pop("ignore_index", IGNORE_INDEX)
+        kwargs.pop("return_dict", None)
+        outputs = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if shift_labels is None:
+            # Position t predicts label t+1: views, no copy of the sequence.
+            hidden, targets = hidden[:, :-1], labels[:, 1:]
+        else:
+            targets = shift_labels
+        trained = targets != ignore_index
+        logits = self.output_logits(hidden[trained])  # (N, vocab): the only logits computed
+        losses = F.cross_entropy(logits.float(), targets[trained], reduction="none")
+        if num_items_in_batch is None:
+            loss = losses.sum() / trained.sum()
+        else:
+            if torch.is_tensor(num_items_in_batch):
+                num_items_in_batch = num_items_in_batch.to(losses.device)
+            loss = losses.sum() / num_items_in_batch
+        token_losses = losses.new_zeros(targets.shape).masked_scatter(trained, losses)
+        return FuseVLMCausalLMOutput(
+            loss=loss,
+            logits=None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            token_losses=token_losses,
+        )
+
+
+def _token_losses_from_logits(logits: torch.Tensor, labels: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """Per-position float32 losses from full logits, computed at trained positions only (zeros elsewhere)."""
+    shift_labels = kwargs.get("shift_labels")
+    ignore_index = kwargs.get("ignore_index", IGNORE_INDEX)
+    if shift_labels is None:
+        logits, targets = logits[:, :-1], labels[:, 1:]
+    else:
+        targets = shift_labels
+    trained = targets != ignore_index
+    losses = F.cross_entropy(logits[trained].float(), targets[trained], reduction="none")
+    return losses.new_zeros(targets.shape).masked_scatter(trained, losses)
 
 
 def register_auto_classes() -> None:
@@ -184,4 +328,9 @@ def register_auto_classes() -> None:
     AutoProcessor.register(FuseVLMConfig, FuseVLMProcessor, exist_ok=True)
 
 
-__all__ = ["FuseVLMForConditionalGeneration", "FuseVLMPreTrainedModel", "ImageTokenMismatchError"]
+__all__ = [
+    "FuseVLMCausalLMOutput",
+    "FuseVLMForConditionalGeneration",
+    "FuseVLMPreTrainedModel",
+    "ImageTokenMismatchError",
+]

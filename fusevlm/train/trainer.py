@@ -28,17 +28,44 @@ def per_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 def mft_loss(
     logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, num_tasks: int, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`mft_loss_from_token_losses` from full logits (B, T, vocab)."""
+    losses, mask = per_token_losses(logits, labels)
+    return mft_loss_from_token_losses(losses, mask, task_ids, num_tasks, mode)
+
+
+def mft_loss_from_token_losses(
+    token_losses: torch.Tensor,
+    mask: torch.Tensor,
+    task_ids: torch.Tensor,
+    num_tasks: int,
+    mode: str,
+    sample_index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The seed's multi-task loss: each task's loss, then their mean, so a large task does not drown a small one.
+
+    ``token_losses`` and ``mask`` (B, T-1): the loss of predicting token t+1 at position t, and whether that token
+    is trained. ``task_ids`` (num_samples,): each sample's task. Without ``sample_index`` sample i is row i; with it
+    (a packed batch, (B, T) long: each token's sample number in ``task_ids`` order, -1 on padding) a loss belongs to
+    the sample of the token it predicts.
 
     ``token``: a task's loss is the mean over its trained tokens; ``sample``: the mean over its samples of each
     sample's token mean. Returns (loss, per-task token-loss sums, per-task token counts) - the sums feed logging.
     """
-    losses, mask = per_token_losses(logits, labels)
-    token_sums = (losses * mask).sum(dim=1)
-    token_counts = mask.sum(dim=1)
-    one_hot = F.one_hot(task_ids, num_tasks).to(losses.dtype)  # (B, tasks)
+    losses = token_losses.float()
+    mask = mask.to(torch.bool)
+    num_samples = task_ids.shape[0]
+    if sample_index is None:
+        token_sums = (losses * mask).sum(dim=1)
+        token_counts = mask.sum(dim=1).to(losses.dtype)
+    else:
+        owner = sample_index[:, -mask.shape[1] :]  # the sample of each predicted token
+        keep = mask & (owner >= 0)
+        owner = owner[keep]
+        token_sums = losses.new_zeros(num_samples).index_add(0, owner, losses[keep])
+        token_counts = losses.new_zeros(num_samples).index_add(0, owner, keep.new_ones(owner.shape, dtype=losses.dtype))
+    one_hot = F.one_hot(task_ids, num_tasks).to(losses.dtype)  # (samples, tasks)
     task_sums = one_hot.T @ token_sums
-    task_counts = one_hot.T @ token_counts.to(losses.dtype)
+    task_counts = one_hot.T @ token_counts
     if mode == "token":
         task_loss = task_sums / task_counts.clamp(min=1)
         present = task_counts > 0
@@ -74,6 +101,9 @@ class VLMTrainer(Trainer):
         self._bad_seen: set[tuple[str, int]] = set()
         self._task_sums = torch.zeros(len(self.tasks), dtype=torch.float64)
         self._task_counts = torch.zeros(len(self.tasks), dtype=torch.float64)
+        if mft_loss_mode is not None:
+            # The MFT loss is a per-batch mean: the Trainer divides it by the gradient accumulation steps.
+            self.loss_is_scaled_for_ga = False
 
     # ---- optimizer: the projector and the vision tower may have their own learning rates -------------------
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
@@ -113,6 +143,7 @@ class VLMTrainer(Trainer):
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         task_ids = inputs.pop("task_ids", None)
+        sample_index = inputs.pop("sample_index", None)
         for error in inputs.pop("data_errors", []):
             # A bad image is met again every epoch: count each record once.
             key = (error["dataset"], error["index"])
@@ -121,11 +152,16 @@ class VLMTrainer(Trainer):
                 self.data_report.add(error["dataset"], DataError(error["message"], reason=error["reason"]))
         if self.mft_loss_mode is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        loss, sums, counts = mft_loss(outputs.logits, labels, task_ids, len(self.tasks), self.mft_loss_mode)
-        self._task_sums += sums.cpu().double()
-        self._task_counts += counts.cpu().double()
+        labels = inputs["labels"]
+        outputs = model(**inputs)  # in training, the model computes the head and the loss at trained positions only
+        targets = inputs.get("shift_labels")
+        targets = labels[:, 1:] if targets is None else targets
+        loss, sums, counts = mft_loss_from_token_losses(
+            outputs.token_losses, targets != IGNORE_INDEX, task_ids, len(self.tasks), self.mft_loss_mode, sample_index
+        )
+        if model.training:  # the per-task logs are training losses; evaluation's own loss is logged apart
+            self._task_sums += sums.cpu().double()
+            self._task_counts += counts.cpu().double()
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
