@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..processing import FuseVLMProcessor
+from ..processing import FuseVLMProcessor, pixel_values
 from .errors import DataError
 from .images import apply_aspect, load_image, mean_color
 from .records import Record
@@ -147,7 +147,7 @@ class ConversationDataset(torch.utils.data.Dataset):
                 "data_errors": errors,
             }
             if images:
-                item["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+                item["pixel_values"] = pixel_values(self.processor.image_processor, images)
             return item
         raise DataError("every sample failed to load its images", reason="all_bad")
 

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +37,14 @@ class Limits:
     max_images: int = 4
     max_tokens: int = 1024  # upper bound of a request's max_tokens
     default_max_tokens: int = 256
+    # Completion requests admitted at once (reading, decoding, queued for the model or generating); more get 429.
+    # This is what bounds memory under a flood: each admitted request holds at most its body and its images.
+    max_pending: int = 64
+    body_timeout_s: float = 30.0  # a client must send its whole body within this (slow clients get 408)
     images: ImagePolicy = field(default_factory=ImagePolicy)
+
+
+MIN_TEMPERATURE = 1e-4  # below this, a request's temperature means greedy decoding
 
 
 class RequestError(Exception):
@@ -80,7 +87,7 @@ class ChatRequest(_Schema):
     max_completion_tokens: int | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch.manual_seed takes
     n: int = 1
     stream: bool = False
 
@@ -92,17 +99,27 @@ def error_response(message: str, status: int, param: str | None = None, code: st
     return JSONResponse(body, status_code=status)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit`` bytes (checked on the header and again while reading)."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes (checked on the header and again while reading) and with
+    408 when it has not all arrived within ``timeout_s`` seconds (a slow or stalled client)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body over the {limit}-byte limit", 413, code="request_too_large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(f"request body over the {limit}-byte limit", 413, code="request_too_large")
-    return bytes(body)
+
+    async def receive() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(f"request body over the {limit}-byte limit", 413, code="request_too_large")
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(receive(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(
+            f"the request body did not arrive within {timeout_s:g} s", 408, code="request_timeout"
+        ) from None
 
 
 def parse_request(body: bytes) -> ChatRequest:
@@ -125,9 +142,18 @@ def sampling_options(req: ChatRequest, limits: Limits) -> SamplingOptions:
         raise RequestError(f"max_tokens must be between 1 and {limits.max_tokens}", param="max_tokens")
     if req.n != 1:
         raise RequestError("only n=1 is supported", param="n")
-    return SamplingOptions(
-        max_new_tokens=max_tokens, temperature=req.temperature or 0.0, top_p=req.top_p or 1.0, seed=req.seed
-    )
+    # Sampling at a temperature this close to 0 divides the logits into inf/NaN; its limit is greedy decoding.
+    temperature = req.temperature if (req.temperature or 0.0) >= MIN_TEMPERATURE else 0.0
+    return SamplingOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=req.top_p or 1.0, seed=req.seed)
+
+
+def check_text(text: str, param: str) -> str:
+    """JSON escapes can carry lone surrogates (``"\\ud800"``): valid JSON, but no text a tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RequestError(f"{param}: text is not valid Unicode ({err.reason})", param=param) from None
+    return text
 
 
 def to_messages(req: ChatRequest, limits: Limits) -> tuple[list[dict[str, Any]], list[Any]]:
@@ -136,12 +162,12 @@ def to_messages(req: ChatRequest, limits: Limits) -> tuple[list[dict[str, Any]],
     for index, message in enumerate(req.messages):
         content = message.content or ""
         if isinstance(content, str):
-            messages.append({"role": message.role, "content": content})
+            messages.append({"role": message.role, "content": check_text(content, f"messages.{index}.content")})
             continue
         parts = []
         for part in content:
             if isinstance(part, TextPart):
-                parts.append({"type": "text", "text": part.text})
+                parts.append({"type": "text", "text": check_text(part.text, f"messages.{index}.content")})
                 continue
             if len(images) >= limits.max_images:
                 raise RequestError(f"at most {limits.max_images} images per request", param="messages")
@@ -212,6 +238,7 @@ def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = N
 
     app = FastAPI(title="fusevlm", docs_url=None, redoc_url=None)
     app.state.engine, app.state.limits = engine, config
+    add_schema_components(app)
 
     @app.exception_handler(RequestError)
     async def _refused(request: Request, err: RequestError) -> JSONResponse:
@@ -233,28 +260,137 @@ def create_app(model_dir: str | Path | None = None, *, engine: Engine | None = N
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "fusevlm"}]}
 
-    @app.post("/v1/chat/completions")
+    admission = app.state.admission = Admission(config.max_pending)
+
+    # The body is parsed by hand (see the module docstring); the schema is declared here so that the OpenAPI
+    # document, and tools that test against it, know what the endpoint takes.
+    @app.post("/v1/chat/completions", openapi_extra=chat_openapi())
     async def chat_completions(request: Request):
-        req = parse_request(await read_body(request, config.max_body_bytes))
-        if req.model not in (None, engine.name):
-            raise RequestError(f"model {req.model!r} is not served here (try {engine.name!r})", 404, "model",
-                               "model_not_found")
-        options = sampling_options(req, config)
-        messages, images = to_messages(req, config)
+        release = admission.enter()  # before the body is read: a flood is refused before it costs memory
         try:
-            inputs = engine.encode(messages, images)  # validated here so errors come before any stream starts
-        except ValueError as err:
-            raise RequestError(f"cannot encode the conversation: {err}", param="messages") from err
-        check_context(engine, inputs, options)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if not req.stream:
+            req = parse_request(await read_body(request, config.max_body_bytes, config.body_timeout_s))
+            if req.model not in (None, engine.name):
+                raise RequestError(f"model {req.model!r} is not served here (try {engine.name!r})", 404, "model",
+                                   "model_not_found")
+            options = sampling_options(req, config)
+            messages, images = to_messages(req, config)
+            try:
+                inputs = engine.encode(messages, images)  # validated here so errors come before any stream starts
+            except ValueError as err:
+                raise RequestError(f"cannot encode the conversation: {err}", param="messages") from err
+            del images
+            check_context(engine, inputs, options)
+            rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+            if req.stream:
+                # Admitted until the stream ends, however it ends (the response releases it).
+                events = stream_events(engine, inputs, options, rid, created)
+                return ReleasingStream(events, release, media_type="text/event-stream")
             result = await asyncio.to_thread(engine.generate_encoded, inputs, options)
+            release()
             return JSONResponse(completion_body(rid, created, engine.name, result))
-        return StreamingResponse(
-            stream_events(engine, inputs, options, rid, created), media_type="text/event-stream"
-        )
+        except BaseException:
+            release()
+            raise
 
     return app
+
+
+class Admission:
+    """Counts admitted completion requests (all on the event loop's thread, so no lock); past ``limit``, 429.
+
+    ``enter`` returns the request's release function; calling it more than once releases once.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.pending = 0
+
+    def enter(self) -> Callable[[], None]:
+        if self.pending >= self.limit:
+            raise RequestError(
+                f"the server is busy ({self.limit} requests in progress); retry shortly", 429, code="server_busy"
+            )
+        self.pending += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.pending -= 1
+
+        return release
+
+
+class ReleasingStream(StreamingResponse):
+    """A streaming response that calls ``release`` when it is over: sent, failed or abandoned by the client."""
+
+    def __init__(self, content: Any, release: Callable[[], None], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
+def chat_openapi() -> dict[str, Any]:
+    """The request body and error responses of ``POST /v1/chat/completions`` for the OpenAPI document."""
+    schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "responses": {
+            str(status): {"description": text, "content": {"application/json": {"schema": error}}}
+            for status, text in (
+                (400, "a malformed or invalid request"),
+                (404, "the model is not served here"),
+                (408, "the body did not arrive in time"),
+                (413, "the body or an image is over a limit"),
+                (429, "the server is busy"),
+            )
+        },
+    }
+
+
+def add_schema_components(app: FastAPI) -> None:
+    """Put the request models' sub-schemas and the error body into the app's OpenAPI components."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = original()
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        defs = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {})
+        components.update(defs)
+        components["ErrorBody"] = ERROR_BODY_SCHEMA
+        path = document["paths"]["/v1/chat/completions"]["post"]
+        path["requestBody"]["content"]["application/json"]["schema"].pop("$defs", None)
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 
 
 def check_context(engine: Engine, inputs: dict[str, Any], options: SamplingOptions) -> None:
@@ -332,6 +468,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes)
     parser.add_argument("--max-images", type=int, default=limits.max_images, help="images per request")
     parser.add_argument("--max-tokens", type=int, default=limits.max_tokens, help="largest max_tokens allowed")
+    parser.add_argument("--max-pending", type=int, default=limits.max_pending,
+                        help="completion requests in progress at once; more get 429")
+    parser.add_argument("--body-timeout", type=float, default=limits.body_timeout_s,
+                        help="seconds a client has to send its request body (else 408)")
     parser.add_argument("--max-image-bytes", type=int, default=policy.max_image_bytes)
     parser.add_argument("--max-image-pixels", type=int, default=policy.max_image_pixels)
     parser.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
@@ -346,6 +486,8 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_images=args.max_images,
         max_tokens=args.max_tokens,
+        max_pending=args.max_pending,
+        body_timeout_s=args.body_timeout,
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
         allow_remote_images=args.allow_remote_images,

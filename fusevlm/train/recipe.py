@@ -64,6 +64,7 @@ class Recipe:
     on_bad_sample: str = "error"
     mft_loss: str | None = None  # token | sample: per-task losses, logged per task (the seed's MFT trainer)
     group_by_modality_length: bool = False
+    packing: bool = False  # several samples per row (rows of at most model_max_length), no attention across them
     eval_data: list[DataEntry] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)  # TrainingArguments fields
     source: str = "<recipe>"

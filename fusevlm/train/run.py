@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,17 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from ..data.dataset import ConversationDataset, VLMCollator, sample_records
+from ..data.packing import packing_collator, without_cache
 from ..data.records import Record, read_records
 from ..data.report import BadSampleReport
+from ..loading import load_model_folder
 from ..models.builder import build_vlm
 from ..models.vlm import FuseVLMForConditionalGeneration
 from ..processing import FuseVLMProcessor
 from ..templates import get_template
+from .checkpoints import SaveWatch, staged_folder
+from .guards import NonFiniteGuard
+from .preflight import preflight
 from .recipe import DataEntry, Recipe, RecipeError
 from .stages import prepare_for_stage
 from .trainer import VLMTrainer
@@ -47,7 +53,7 @@ def load_model(recipe: Recipe) -> tuple[FuseVLMForConditionalGeneration, FuseVLM
     spec = recipe.model
     extra = {"quantization_config": qlora_config()} if recipe.qlora else {}
     if spec.init_from:
-        model = FuseVLMForConditionalGeneration.from_pretrained(spec.init_from, **extra)
+        model = load_model_folder(spec.init_from, **extra)  # refuses a folder whose weights do not fit
         return model, FuseVLMProcessor.from_pretrained(spec.init_from)
     return build_vlm(spec.vision, spec.projector, spec.llm, trust_remote_code=spec.trust_remote_code, llm_kwargs=extra)
 
@@ -81,10 +87,13 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
 
 
 def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
-    """Run one stage. Data is read and checked before any weights load, so bad data fails fast.
+    """Run one stage. The recipe (``preflight``) and the data are checked before any weights load, so a bad
+    recipe or bad data fails fast. A NaN/inf loss stops the run (``guards``); a failed save leaves the previous
+    checkpoint and model folder intact (``checkpoints``).
 
     ``callbacks`` are ``transformers.TrainerCallback`` objects added to the Trainer's own.
     """
+    resume = preflight(recipe)  # resume_from_checkpoint resolved to a complete checkpoint (or None)
     seed = int(recipe.training.get("seed", 42))
     set_seed(seed)
     report = BadSampleReport()
@@ -101,11 +110,15 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
         model.config.use_cache = False
     # Built after the model: DeepSpeed ZeRO-3 must not see TrainingArguments before the model exists (CPU).
     args = training_arguments(recipe)
+    pad_id = processor.tokenizer.pad_token_id
+    collator = (packing_collator(model, pad_id, recipe.model_max_length) if recipe.packing
+                else VLMCollator(pad_token_id=pad_id))
+    watch = SaveWatch()
     trainer = VLMTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=VLMCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=processor,
         tasks=tasks,
         mft_loss_mode=recipe.mft_loss,
@@ -113,10 +126,11 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
         vision_lr=recipe.vision_lr,
         group_by_modality_length=recipe.group_by_modality_length,
         data_report=report,
-        callbacks=callbacks,
+        callbacks=[NonFiniteGuard(dataset), watch, *(callbacks or [])],
     )
-    resume = args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    # Packed rows need a cache-free forward; an OSError while writing a checkpoint names what is left.
+    with watch.translate_errors(), without_cache(model) if recipe.packing else nullcontext():
+        trainer.train(resume_from_checkpoint=resume)
 
     output = Path(recipe.output_dir)
     save_stage_output(trainer, processor, recipe, output)
@@ -126,20 +140,25 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
 
 
 def save_stage_output(trainer: VLMTrainer, processor: FuseVLMProcessor, recipe: Recipe, output: Path) -> None:
-    """Write the model folder: full weights (LoRA merged, adapter kept in ``adapter/``), processor, projector."""
+    """Write the model folder: full weights (LoRA merged, adapter kept in ``adapter/``), processor, projector.
+
+    Everything is written to a staging folder first and moved in once complete, so a save that fails (a full
+    disk) leaves an existing model folder as it was.
+    """
     model = trainer.model
-    if recipe.lora is not None:
-        if trainer.is_world_process_zero():
-            model.save_pretrained(output / "adapter")
-            merged = model.merge_and_unload()
-            merged.save_pretrained(output)
-    else:
-        trainer.save_model(str(output))
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(output)
-        if recipe.stage == "align":
-            save_projector(output)
-    trainer.accelerator.wait_for_everyone()
+    main = trainer.is_world_process_zero()
+    with staged_folder(output, is_main=main, barrier=trainer.accelerator.wait_for_everyone) as stage:
+        if recipe.lora is not None:
+            if main:
+                model.save_pretrained(stage / "adapter")
+                merged = model.merge_and_unload()
+                merged.save_pretrained(stage)
+        else:
+            trainer.save_model(str(stage))
+        if main:
+            processor.save_pretrained(stage)
+            if recipe.stage == "align":
+                save_projector(stage)
 
 
 def save_projector(output: Path) -> None:
