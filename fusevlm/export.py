@@ -220,17 +220,21 @@ def llava_processor_from(processor: FuseVLMProcessor, model: FuseVLMForCondition
     return llava
 
 
+def to_llava(model: FuseVLMForConditionalGeneration) -> LlavaForConditionalGeneration:
+    """transformers' ``LlavaForConditionalGeneration`` holding ``model``'s weights (in memory), same logits."""
+    check_exportable(model.config, model)
+    with no_init_weights():
+        llava = LlavaForConditionalGeneration._from_config(llava_config_from(model), dtype=model.dtype)
+    _load_strict(llava, _rename(model.state_dict(), _key_table(model.language_model.base_model_prefix)))
+    llava.generation_config = model.generation_config
+    return llava
+
+
 def export_hf_llava(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Write ``out_dir``: a folder ``LlavaForConditionalGeneration`` and ``AutoProcessor`` load, same logits."""
     model = FuseVLMForConditionalGeneration.from_pretrained(str(model_dir))
     processor = FuseVLMProcessor.from_pretrained(model_dir)
-    check_exportable(model.config, model)
-    config = llava_config_from(model)
-    with no_init_weights():
-        llava = LlavaForConditionalGeneration._from_config(config, dtype=model.dtype)
-    state = _rename(model.state_dict(), _key_table(model.language_model.base_model_prefix))
-    _load_strict(llava, state)
-    llava.generation_config = model.generation_config
+    llava = to_llava(model)
     out_dir = Path(out_dir)
     llava.save_pretrained(out_dir)
     llava_processor_from(processor, model).save_pretrained(out_dir)
@@ -334,4 +338,4 @@ def run_import(args: argparse.Namespace) -> int:
 
 run = run_export
 
-__all__ = ["ExportError", "check_exportable", "export_hf_llava", "import_hf_llava"]
+__all__ = ["ExportError", "check_exportable", "export_hf_llava", "import_hf_llava", "to_llava"]

@@ -1,0 +1,163 @@
+"""Data pipeline throughput against the training step it feeds (issue 8: >= 5x with 2 workers at the tiny config).
+
+The pipeline is the real one: LLaVA-format records of the synthetic 64 px dataset (``fusevlm.data.synthetic``),
+``ConversationDataset`` (tokenizes every record up front; then per sample: read + decode the PNG, pad to square,
+the image processor) and the collator, through ``torch.utils.data.DataLoader`` with 0, 1 and 2 workers. The step
+rate is a full training step (forward, backward, AdamW) of the tiny config on the same batches, in the same run.
+Workers start before the clock (steady state). Tokenization runs once before training and is reported apart.
+
+    python benchmarks/data_pipeline.py [--quick] [--json PATH] [--batch N] [--packing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import CONFIGS
+from torch.utils.data import DataLoader
+
+from fusevlm import build_vlm
+from fusevlm.data import synthetic
+from fusevlm.data.dataset import ConversationDataset, VLMCollator
+from fusevlm.data.packing import PackingCollator, without_cache
+from fusevlm.data.records import read_records
+from fusevlm.data.tokenizer import train_tokenizer
+
+DATA_IMAGE_SIZE = 64  # the synthetic pictures; the tiny tower reads 32 px, so every image is resized
+
+
+def tiny_parts(root: Path, texts: list[str]) -> tuple[Any, Any]:
+    """The train-step benchmark's ``tiny`` config (benchmarks/common.py) as folders, with a real tokenizer."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    cfg = CONFIGS["tiny"]
+    tokenizer = train_tokenizer(texts, root / "llm", vocab_size=cfg.vocab)
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden, num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads, image_size=cfg.image_size, patch_size=cfg.patch,
+    )).save_pretrained(root / "vision")
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )).save_pretrained(root / "llm")
+    return build_vlm(str(root / "vision"), "mlp2x_gelu", str(root / "llm"))
+
+
+def loader_rate(dataset: ConversationDataset, collator: Any, batch: int, workers: int, batches: int) -> dict:
+    """Samples/s through a DataLoader in steady state (workers started, their prefetched batches drained)."""
+    generator = torch.Generator().manual_seed(0)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=generator, num_workers=workers,
+                        collate_fn=collator, drop_last=True, persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    iterator = iter(loader)
+    started = time.perf_counter()
+    next(iterator)  # workers spawned and primed
+    warm = time.perf_counter()
+    for _ in range(4 * workers):  # drain what the workers buffered meanwhile: time production, not the buffer
+        next(iterator)
+    timed_from = time.perf_counter()
+    count = 0
+    for _ in range(batches):
+        next(iterator)
+        count += batch
+    elapsed = time.perf_counter() - timed_from
+    del iterator
+    rate = count / elapsed
+    return {"workers": workers, "samples_per_s": rate, "per_worker": rate / max(workers, 1),
+            "startup_s": warm - started}
+
+
+def step_rate(model: Any, dataset: ConversationDataset, collator: Any, batch: int, steps: int,
+              packing: bool) -> dict:
+    """Training steps/s of the model on pre-collated batches (the pipeline's cost kept out)."""
+    generator = torch.Generator().manual_seed(1)
+    order = torch.randperm(len(dataset), generator=generator).tolist()
+    keys = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values")
+    batches = []
+    for s in range(steps + 2):
+        picked = [dataset[i] for i in order[s * batch : (s + 1) * batch]]
+        collated = collator(picked)
+        batches.append({k: collated[k] for k in keys if k in collated})
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    with without_cache(model) if packing else nullcontext():
+        for i, inputs in enumerate(batches):
+            started = time.perf_counter()
+            loss = model(**inputs).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= 2:  # two warm-up steps
+                times.append(time.perf_counter() - started)
+    median = statistics.median(times)
+    return {"steps_per_s": 1 / median, "samples_per_s": batch / median, "median_step_s": median}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples and steps (a noisy, shared machine)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 with --quick, as a busy "
+                        "machine's oversubscribed OpenMP threads can slow a step 10x)")
+    parser.add_argument("--batch", type=int, default=CONFIGS["tiny"].batch, help="samples per step (the tiny config's)")
+    parser.add_argument("--packing", action="store_true", help="the packing collator instead of padding")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    if args.threads or args.quick:
+        torch.set_num_threads(args.threads or 1)
+    batches = max(8, (768 if args.quick else 3072) // args.batch)  # timed per loader, after the warm-up
+    samples = args.batch * (batches + 1 + 4 * max(args.workers))  # one pass: no sample is served twice
+    steps = 30 if args.quick else 100
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        synthetic.generate(root / "data", num_train=samples, num_eval=8, num_align=8, image_size=DATA_IMAGE_SIZE)
+        model, processor = tiny_parts(root / "parts", list(synthetic.training_texts(root / "data")))
+        records = read_records(str(root / "data" / "train.json"), image_root=str(root / "data" / "images"))
+        started = time.perf_counter()
+        dataset = ConversationDataset(records, processor, model_max_length=128)
+        tokenize_rate = len(records) / (time.perf_counter() - started)
+        pad_id = processor.tokenizer.pad_token_id
+        collator = PackingCollator(pad_id, 128) if args.packing else VLMCollator(pad_token_id=pad_id)
+
+        train = step_rate(model, dataset, collator, args.batch, steps, args.packing)
+        loaders = [loader_rate(dataset, collator, args.batch, w, batches) for w in args.workers]
+
+    need = train["samples_per_s"]
+    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads; batch {args.batch}, "
+          f"{'packed' if args.packing else 'padded'}; tiny config ({processor.image_seq_length} image tokens), "
+          f"{DATA_IMAGE_SIZE} px PNGs resized to {CONFIGS['tiny'].image_size}")
+    print(f"training step: {train['steps_per_s']:.1f} steps/s = {need:.0f} samples/s")
+    print(f"tokenizing (once, up front): {tokenize_rate:.0f} samples/s")
+    print(f"{'workers':>8}{'samples/s':>12}{'per worker':>12}{'x step rate':>13}{'startup s':>11}")
+    for row in loaders:
+        row["x_step_rate"] = row["samples_per_s"] / need
+        print(f"{row['workers']:>8}{row['samples_per_s']:>12.0f}{row['per_worker']:>12.0f}"
+              f"{row['x_step_rate']:>13.2f}{row['startup_s']:>11.2f}")
+    two = next((r for r in loaders if r["workers"] == 2), None)
+    if two is not None:
+        print(f"2 workers feed {two['x_step_rate']:.2f}x the step rate (target >= 5x): "
+              f"{'met' if two['x_step_rate'] >= 5 else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "quick": args.quick, "batch": args.batch, "packing": args.packing,
+            "threads": torch.get_num_threads(), "train": train, "tokenize_samples_per_s": tokenize_rate,
+            "loaders": loaders,
+        }, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
