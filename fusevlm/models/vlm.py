@@ -61,6 +61,10 @@ class FuseVLMCausalLMOutput(CausalLMOutputWithPast):
     token_losses: torch.Tensor | None = None
 
 
+class WeightsMismatchError(ValueError):
+    """A model folder whose weights do not cover, or do not fit, the model its config describes."""
+
+
 class ImageTokenMismatchError(ValueError):
     """The image tokens in ``input_ids`` do not fit the images in ``pixel_values``; names the sample."""
 
@@ -115,7 +119,25 @@ class FuseVLMForConditionalGeneration(FuseVLMPreTrainedModel, GenerationMixin):
                     f"{pretrained_model_name_or_path}: config.json is a {found!r} model, not a fusevlm one; compose "
                     "one with `fusevlm init` / fusevlm.build_vlm, or convert a llava-hf folder with `fusevlm import`"
                 )
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if kwargs.get("quantization_config") is not None:  # quantised parameters are replaced on load by design
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        # Strict: transformers alone would initialise what the weights lack (a folder whose config.json was
+        # edited to another projector) and only print a report - a partly random model that answers nonsense.
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = []
+        for label, key in (("missing", "missing_keys"), ("unexpected", "unexpected_keys"),
+                           ("wrong shape", "mismatched_keys")):
+            names = sorted(str(item[0] if isinstance(item, tuple) else item) for item in info.get(key) or ())
+            if names:
+                more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+                problems.append(f"{label}: {', '.join(names[:6])}{more}")
+        if problems:
+            raise WeightsMismatchError(
+                f"{pretrained_model_name_or_path}: the weights do not fit the model its config.json describes "
+                f"({'; '.join(problems)}); was config.json edited, or were another model's weights copied in?"
+            )
+        return (model, info) if wants_info else model
 
     # ---- embeddings delegate to the LM (resize_token_embeddings, tying and PEFT rely on these) -------------
     def get_input_embeddings(self) -> nn.Module:
@@ -333,4 +355,5 @@ __all__ = [
     "FuseVLMForConditionalGeneration",
     "FuseVLMPreTrainedModel",
     "ImageTokenMismatchError",
+    "WeightsMismatchError",
 ]

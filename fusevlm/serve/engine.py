@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from ..eval.generate import Prompt, encode_prompts, stop_token_ids
-from ..loading import load_model_folder
+from ..models.vlm import FuseVLMForConditionalGeneration
 from ..processing import FuseVLMProcessor
 
 
@@ -69,7 +69,7 @@ class Engine:
     ) -> Engine:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-        model = load_model_folder(str(model_dir), **kwargs).to(device)  # refuses weights that do not fit
+        model = FuseVLMForConditionalGeneration.from_pretrained(str(model_dir), **kwargs).to(device)
         processor = FuseVLMProcessor.from_pretrained(model_dir)
         return cls(model, processor, name=name or Path(model_dir).resolve().name)
 

@@ -15,7 +15,6 @@ from ..data.dataset import ConversationDataset, VLMCollator, sample_records
 from ..data.packing import packing_collator, without_cache
 from ..data.records import Record, read_records
 from ..data.report import BadSampleReport
-from ..loading import load_model_folder
 from ..models.builder import build_vlm
 from ..models.vlm import FuseVLMForConditionalGeneration
 from ..processing import FuseVLMProcessor
@@ -53,7 +52,7 @@ def load_model(recipe: Recipe) -> tuple[FuseVLMForConditionalGeneration, FuseVLM
     spec = recipe.model
     extra = {"quantization_config": qlora_config()} if recipe.qlora else {}
     if spec.init_from:
-        model = load_model_folder(spec.init_from, **extra)  # refuses a folder whose weights do not fit
+        model = FuseVLMForConditionalGeneration.from_pretrained(spec.init_from, **extra)
         return model, FuseVLMProcessor.from_pretrained(spec.init_from)
     return build_vlm(spec.vision, spec.projector, spec.llm, trust_remote_code=spec.trust_remote_code, llm_kwargs=extra)
 

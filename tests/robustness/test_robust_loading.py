@@ -14,9 +14,9 @@ from robust_helpers import good_records, recipe, write_records
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from fusevlm import FuseVLMForConditionalGeneration, build_vlm, load_mixed_pretrained_model
-from fusevlm.loading import WeightsMismatchError
 from fusevlm.models.llm import load_llm
 from fusevlm.models.vision import load_vision_encoder
+from fusevlm.models.vlm import WeightsMismatchError
 from fusevlm.serve.engine import Engine
 from fusevlm.train.recipe import recipe_from_dict
 from fusevlm.train.run import train
