@@ -13,6 +13,8 @@ class ChineseCLIPEncoder(HFVisionEncoder):
     config_class = ChineseCLIPVisionConfig
     checkpoint_model_types = ("chinese_clip", "chinese_clip_vision_model")
     has_cls_token = True
+    layers_path = "encoder.layers"
+    pre_norm_path = "pre_layrnorm"
     default_checkpoint = "OFA-Sys/chinese-clip-vit-large-patch14-336px"
 
     def default_image_processor(self):

@@ -13,6 +13,8 @@ class CLIPEncoder(HFVisionEncoder):
     config_class = CLIPVisionConfig
     checkpoint_model_types = ("clip", "clip_vision_model")
     has_cls_token = True
+    layers_path = "encoder.layers"
+    pre_norm_path = "pre_layrnorm"
     default_checkpoint = "openai/clip-vit-large-patch14-336"
 
     def default_image_processor(self):

@@ -13,6 +13,7 @@ class SiglipEncoder(HFVisionEncoder):
     config_class = SiglipVisionConfig
     checkpoint_model_types = ("siglip", "siglip_vision_model")
     has_cls_token = False
+    layers_path = "encoder.layers"
     default_checkpoint = "google/siglip-so400m-patch14-384"
 
     def default_image_processor(self):
