@@ -394,7 +394,10 @@ def vision_stacks(encoder: VisionEncoder) -> list[tuple[Stack, int]] | None:
     if isinstance(cfg, dict) and {"layers", "width", "heads"} <= set(cfg):
         stack = Stack(cfg["layers"], cfg["width"], cfg["heads"])
     elif config is not None:
-        stack = Stack(config.num_hidden_layers, config.hidden_size, config.num_attention_heads)
+        layers = config.num_hidden_layers
+        if getattr(encoder, "layers_path", None):  # the tower stops at the layer it reads: none above it runs
+            layers = encoder.feature_index(layers)
+        stack = Stack(layers, config.hidden_size, config.num_attention_heads)
     else:
         return None
     return [(stack, tower_tokens(encoder))]

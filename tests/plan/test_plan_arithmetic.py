@@ -93,14 +93,19 @@ def test_tiny_plan_lora(write_recipe):
     assert targeted["parameters"]["language_model"]["instruct"] == 512
 
 
-def test_tiny_plan_align_and_trained_vision(write_recipe):
+def test_tiny_plan_align_and_trained_vision(write_recipe, tiny_folders):
     align = plan(write_recipe(stage="align"), num_gpus=1)
     assert align["trainable_parameters"] == PROJECTOR
     assert align["memory"]["ddp"]["gradients"] == 2 * PROJECTOR
-    # A trained tower adds its activations: 5 tokens (4 patches + CLS), b=2, h=8, a=2, one layer:
-    # 34*5*2*8 + 5*2*5*5*2 = 2720 + 500 = 3220.
-    vision = plan(write_recipe(train_vision=True), num_gpus=1)
+    # Read at the default feature_layer -2, the one-layer tower stops before its layer: no activations to add.
     full = plan(write_recipe(), num_gpus=1)
+    default = plan(write_recipe(train_vision=True), num_gpus=1)
+    assert default["memory"]["ddp"]["activations"] == full["memory"]["ddp"]["activations"]
+    # Read at its last layer, a trained tower adds that layer's activations: 5 tokens (4 patches + CLS), b=2,
+    # h=8, a=2: 34*5*2*8 + 5*2*5*5*2 = 2720 + 500 = 3220.
+    last = {"path": str(tiny_folders[0]), "feature_layer": -1}
+    model = {"vision": last, "projector": "mlp2x_gelu", "llm": str(tiny_folders[1])}
+    vision = plan(write_recipe(train_vision=True, model=model), num_gpus=1)
     assert vision["trainable_parameters"] == VISION + PROJECTOR + LLM
     assert vision["memory"]["ddp"]["activations"] - full["memory"]["ddp"]["activations"] == 3220
     # Checkpointed: its one layer keeps 2*5*2*8 = 160 and is rebuilt once (3220).
@@ -122,7 +127,8 @@ def test_fp32_recipe_and_flash_attention(write_recipe):
 
 def test_tiny_fused_tower(write_recipe, tiny_folders):
     vision, llm = tiny_folders
-    model = {"vision": [str(vision), str(vision)], "projector": "mlp2x_gelu", "llm": str(llm)}
+    last = {"path": str(vision), "feature_layer": -1}  # each member runs its one layer
+    model = {"vision": [last, last], "projector": "mlp2x_gelu", "llm": str(llm)}
     result = plan(write_recipe(model=model, train_vision=True), num_gpus=1)
     # Two towers side by side, features concatenated to width 16: projector (16*16+16) * 2 = 544.
     assert result["parameters"]["vision_tower"]["total"] == 2 * VISION
