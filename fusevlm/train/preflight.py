@@ -1,7 +1,7 @@
 """Check a recipe before any weights load: a mistake costs a second, not a download and a model build.
 
 ``preflight(recipe)`` builds the recipe's model on the meta device from config files alone (the planner's code,
-``fusevlm.plan``: shapes, no memory), so unknown names, projectors that do not fit the encoder and the LLM, LoRA
+``fusevlm.model_configs``: shapes, no memory), so unknown names, projectors that do not fit the encoder and the LLM, LoRA
 targets that match nothing and a stage that would train nothing are refused with a ``RecipeError`` naming the
 recipe and the key. It also checks the options that are otherwise read only after the model exists (template,
 aspect mode), a DeepSpeed config that contradicts the recipe (what the Trainer would refuse only after the model
@@ -177,7 +177,7 @@ def _same(a: Any, b: Any) -> bool:
 def meta_model(recipe: Recipe) -> Any:
     """The recipe's model with every tensor on the meta device, or None when it can only be built by running a
     checkpoint's own code (``trust_remote_code``). A ``RecipeError`` for anything that cannot be composed."""
-    from .. import plan
+    from .. import model_configs
 
     where = recipe.source
     with tempfile.TemporaryDirectory(prefix="fusevlm-configs-") as configs:
@@ -185,9 +185,9 @@ def meta_model(recipe: Recipe) -> Any:
         if _gather_configs(recipe, configs_dir) is False:
             return None
         try:
-            config, _ = plan.model_config(recipe, configs_dir)
-            return plan.build_meta_model(config)
-        except (plan.PlanError, ValueError, TypeError, KeyError) as err:
+            config, _ = model_configs.model_config(recipe, configs_dir)
+            return model_configs.build_meta_model(config)
+        except (model_configs.PlanError, ValueError, TypeError, KeyError) as err:
             raise RecipeError(f"{where}: the model cannot be composed: {err}") from None
 
 
@@ -247,7 +247,7 @@ def _vision_sources(source: Any) -> list[str]:
 
 
 def _raw_config(name: Any, configs_dir: Path, where: str) -> dict[str, Any]:
-    from .. import plan
+    from .. import model_configs
 
     path = Path(str(name))
     if path.is_dir():
@@ -255,8 +255,8 @@ def _raw_config(name: Any, configs_dir: Path, where: str) -> dict[str, Any]:
         if not config.is_file():
             raise RecipeError(f"{where} {str(name)!r}: the folder has no config.json, so it is no model folder")
         return _read_json(config, where)
-    shipped = plan.MODEL_CONFIGS / plan.config_file_name(str(name))
-    target = configs_dir / plan.config_file_name(str(name))
+    shipped = model_configs.MODEL_CONFIGS / model_configs.config_file_name(str(name))
+    target = configs_dir / model_configs.config_file_name(str(name))
     if shipped.is_file():
         shutil.copyfile(shipped, target)
         return _read_json(target, where)

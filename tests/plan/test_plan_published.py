@@ -5,16 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from fusevlm.model_configs import MODEL_CONFIGS, build_meta_model, projector_config, text_config, vision_spec
 from fusevlm.models.configuration import FuseVLMConfig
-from fusevlm.plan import (
-    MODEL_CONFIGS,
-    build_meta_model,
-    part_parameters,
-    plan,
-    projector_config,
-    text_config,
-    vision_spec,
-)
+from fusevlm.plan import part_parameters, plan
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
