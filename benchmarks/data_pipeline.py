@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from fusevlm import build_vlm
 from fusevlm.data import synthetic
-from fusevlm.data.dataset import ConversationDataset, VLMCollator, share_batches_by_name
+from fusevlm.data.dataset import ConversationDataset, VLMCollator
 from fusevlm.data.packing import PackingCollator, without_cache
 from fusevlm.data.records import read_records
 from fusevlm.data.tokenizer import train_tokenizer
@@ -134,7 +134,6 @@ def main() -> None:
         collator = PackingCollator(pad_id, 128) if args.packing else VLMCollator(pad_token_id=pad_id)
 
         train = step_rate(model, dataset, collator, args.batch, steps, args.packing)
-        share_batches_by_name()  # as fusevlm train does when it runs workers
         loaders = [loader_rate(dataset, collator, args.batch, w, batches) for w in args.workers]
 
     need = train["samples_per_s"]

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .dataset import IGNORE_INDEX
+from .dataset import IGNORE_INDEX, Batch
 
 
 def pack_rows(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -101,12 +101,7 @@ class PackingCollator:
                 number += 1
                 offset += n
             position_ids[r, offset:] = positions[: width - offset]  # the padding tail: a segment of its own
-        batch: dict[str, Any] = {
-            "input_ids": input_ids,
-            "labels": labels,
-            "position_ids": position_ids,
-            "sample_index": sample_index,
-        }
+        batch = Batch(input_ids=input_ids, labels=labels, position_ids=position_ids, sample_index=sample_index)
         if self.flash_attn_kwargs:
             batch.update(flash_attn_kwargs(position_ids))
         pixels = [features[i]["pixel_values"] for i in order if "pixel_values" in features[i]]

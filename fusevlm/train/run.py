@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
-from ..data.dataset import ConversationDataset, VLMCollator, sample_records, share_batches_by_name
+from ..data.dataset import ConversationDataset, VLMCollator, sample_records
 from ..data.packing import packing_collator, without_cache
 from ..data.records import Record, read_records
 from ..data.report import BadSampleReport
@@ -109,8 +109,6 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
         model.config.use_cache = False
     # Built after the model: DeepSpeed ZeRO-3 must not see TrainingArguments before the model exists (CPU).
     args = training_arguments(recipe)
-    if args.dataloader_num_workers > 0:
-        share_batches_by_name()
     pad_id = processor.tokenizer.pad_token_id
     collator = (packing_collator(model, pad_id, recipe.model_max_length) if recipe.packing
                 else VLMCollator(pad_token_id=pad_id))
