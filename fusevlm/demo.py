@@ -33,7 +33,7 @@ class DemoSize:
     llm_layers: int
 
 
-FULL = DemoSize(num_align=2000, num_train=12000, num_eval=400, align_epochs=1, instruct_epochs=4, hidden=128,
+FULL = DemoSize(num_align=2000, num_train=12000, num_eval=400, align_epochs=1, instruct_epochs=5, hidden=128,
                 vision_layers=3, llm_layers=3)
 FAST = DemoSize(num_align=400, num_train=2400, num_eval=160, align_epochs=1, instruct_epochs=3, hidden=96,
                 vision_layers=2, llm_layers=2)
@@ -52,19 +52,26 @@ def build_parts(parts: Path, data: Path, size: DemoSize) -> dict[str, Any]:
     # plateau before it learns shape (measured; see shared NOTES).
     init = 1 / math.sqrt(size.hidden)
     torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(
+    vision = CLIPVisionModel(CLIPVisionConfig(
         hidden_size=size.hidden, intermediate_size=2 * size.hidden, num_hidden_layers=size.vision_layers,
         num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, initializer_range=init,
-    )).save_pretrained(vision_dir)
+    ))
+    # Position embeddings at the scale of a patch's content embedding (std ~1 here, not `init`): at 1/14 of it,
+    # where an object sits stayed invisible to the LLM - position and grounding at chance after 1000 steps; at the
+    # same scale both are ~0.9 by then (measured).
+    torch.nn.init.normal_(vision.embeddings.position_embedding.weight, std=1.0)
+    vision.save_pretrained(vision_dir)
     LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=3 * size.hidden,
         num_hidden_layers=size.llm_layers, num_attention_heads=4, num_key_value_heads=4,
         max_position_embeddings=256, initializer_range=init, tie_word_embeddings=True,
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )).save_pretrained(llm_dir)
-    # A tower trained from scratch: read its last layer, every layer paid for is used (NOTES).
-    return {"vision": {"path": str(vision_dir), "feature_layer": -1}, "projector": "pixel_shuffle",
-            "llm": str(llm_dir)}
+    # A tower trained from scratch: read its last layer, every layer paid for is used (NOTES). Pixel shuffle by 4
+    # makes each quadrant of the 8x8 patch grid one LLM token, so an object (it stays in its quadrant) is one token:
+    # on the full demo position and grounding then reach ~1.0 by step 1250 (by 2: chance), and steps are faster.
+    return {"vision": {"path": str(vision_dir), "feature_layer": -1},
+            "projector": {"type": "pixel_shuffle", "factor": 4}, "llm": str(llm_dir)}
 
 
 def stage_recipe(out: Path, data: Path, model: dict[str, Any], stage: str, size: DemoSize) -> dict[str, Any]:
@@ -84,7 +91,9 @@ def stage_recipe(out: Path, data: Path, model: dict[str, Any], stage: str, size:
     if stage == "align":
         return {**common, "model": model, "stage": "align", "template": "plain",
                 "data": [{"path": str(data / "align.json"), "image_root": images, "task": "caption"}],
-                "learning_rate": 2e-3, "num_train_epochs": size.align_epochs, "warmup_steps": 0.05}
+                # Gentle: the LLM is random here, so a projector fitted to it is a bad start. At 2e-3 the instruct
+                # stage after it reached 0.34 teacher-forced accuracy by step 1000; without an align stage, 0.64.
+                "learning_rate": 2e-4, "num_train_epochs": size.align_epochs, "warmup_steps": 0.05}
     # Measured on the full demo (overall held-out accuracy): lr 8e-4 0.37, 1.5e-3 0.31, 3e-3 with the per-sample
     # MFT loss 0.18; the per-sample MFT loss at 1.5e-3 0.28. A plain token-mean loss at 8e-4 it is.
     return {**common, "model": {"init_from": str(out / "align")}, "stage": "instruct", "train_vision": True,

@@ -75,7 +75,7 @@ def test_chance_in_meta():
     assert chance["ocr"] == pytest.approx(1 / 8)
     assert chance["grounding"] == pytest.approx(1 / 20)
     assert chance["region"] == pytest.approx(1 / 36)
-    assert chance["caption"] == pytest.approx(1 / 108)
+    assert chance["caption"] == pytest.approx(1 / 36)
 
 
 def test_splits_share_no_image_file_or_pixels(dataset):
@@ -119,12 +119,13 @@ def test_answers_balanced_within_each_task(dataset):
             assert max(by_task[task].values()) <= -(-sum(by_task[task].values()) // len(answer_space(task)))
 
 
-def test_object_counts_balanced(dataset):
+def test_questions_see_one_object_and_count_scenes_one_to_three(dataset):
     root, _ = dataset
     for task in TASKS:
         if task == "ocr":
             continue
         sizes = Counter(len(r["objects"]) for r in load_split(root, "train") if r["task"] == task)
+        assert set(sizes) == ({1, 2, 3} if task == "count" else {1}), (task, sizes)
         assert max(sizes.values()) - min(sizes.values()) <= 1, (task, sizes)
 
 
