@@ -68,8 +68,8 @@ def build_parts(parts: Path, data: Path, size: DemoSize) -> dict[str, Any]:
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )).save_pretrained(llm_dir)
     # A tower trained from scratch: read its last layer, every layer paid for is used (NOTES). Pixel shuffle by 4
-    # makes each quadrant of the 8x8 patch grid one LLM token, so an object (it stays in its quadrant) is one token:
-    # on the full demo position and grounding then reach ~1.0 by step 1250 (by 2: chance), and steps are faster.
+    # makes each quadrant of the 8x8 patch grid one LLM token, so an object (it stays in its quadrant) is one token,
+    # and a step is faster than with 16 image tokens (127 vs 145 ms at 2 threads, measured).
     return {"vision": {"path": str(vision_dir), "feature_layer": -1},
             "projector": {"type": "pixel_shuffle", "factor": 4}, "llm": str(llm_dir)}
 

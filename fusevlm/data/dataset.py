@@ -166,10 +166,8 @@ class Batch(dict):
     """
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], list[str]]]:
-        items, inline = dict(self), []
-        for key, value in self.items():
-            if isinstance(value, torch.Tensor) and _travels_inline(value):
-                items[key], inline = value.numpy(), [*inline, key]
+        inline = [key for key, value in self.items() if isinstance(value, torch.Tensor) and _travels_inline(value)]
+        items = {key: value.numpy() if key in inline else value for key, value in self.items()}
         return _unpickle_batch, (items, inline)
 
 
