@@ -33,7 +33,7 @@ class DemoSize:
     llm_layers: int
 
 
-FULL = DemoSize(num_align=2000, num_train=12000, num_eval=400, align_epochs=1, instruct_epochs=5, hidden=128,
+FULL = DemoSize(num_align=2000, num_train=12000, num_eval=800, align_epochs=1, instruct_epochs=4, hidden=128,
                 vision_layers=3, llm_layers=3)
 FAST = DemoSize(num_align=400, num_train=2400, num_eval=160, align_epochs=1, instruct_epochs=3, hidden=96,
                 vision_layers=2, llm_layers=2)
