@@ -36,17 +36,21 @@ def _init(parser: argparse.ArgumentParser):
         "--vision",
         required=True,
         type=_vision_argument,
-        help="registry name, hub name or folder; 'a,b' fuses encoders; or a JSON spec",
+        help="registry name, hub name or folder (the seed's Qwen-VL-visual/ too); 'a,b' fuses encoders; or a JSON spec",
     )
     parser.add_argument(
         "--projector",
         default="mlp2x_gelu",
         help="identity | linear | mlp{N}x_gelu | cross_attn | pixel_shuffle, or a JSON object",
     )
-    parser.add_argument("--llm", required=True, help="hub name or folder of any causal LM")
+    parser.add_argument("--llm", required=True, help="hub name or folder of any causal LM (Qwen v1 too), or a LoRA folder")
+    parser.add_argument("--llm-base", default=None, help="the LLM a LoRA output folder given as --llm adapts")
     parser.add_argument(
         "--projector-weights", default=None, help="a projector weights file to load (optional)"
     )
+    parser.add_argument("--template", default=None,
+                        help="a built-in chat template (default: codefuse_qwen for the seed's Qwen-VL-visual/, "
+                             "else the tokenizer's own)")
     parser.add_argument("--out", required=True, type=Path, help="the model folder to write")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the LLM's)")
     parser.add_argument(
@@ -54,17 +58,16 @@ def _init(parser: argparse.ArgumentParser):
     )
 
     def run(args: argparse.Namespace) -> int:
-        from .models.builder import format_parameter_table, load_mixed_pretrained_model, parameter_table
+        from .models.builder import format_parameter_table, parameter_table
+        from .models.seed import load_mixed_pretrained_model
+        from .processing import FuseVLMProcessor
 
         projector = json.loads(args.projector) if args.projector.lstrip().startswith("{") else args.projector
-        model, processor = load_mixed_pretrained_model(
-            args.llm,
-            args.vision,
-            projector,
-            args.projector_weights,
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
+        tokenizer, model, image_processor, _ = load_mixed_pretrained_model(
+            args.llm, args.llm_base, None, args.vision, projector, args.projector_weights,
+            device_map=None, dtype=args.dtype, trust_remote_code=args.trust_remote_code, chat_template=args.template,
         )
+        processor = FuseVLMProcessor(image_processor, tokenizer, model.config.image_seq_length, model.config.image_token)
         model.save_pretrained(args.out)
         processor.save_pretrained(args.out)
         print(format_parameter_table(parameter_table(model)))
