@@ -540,18 +540,17 @@ def convert_qwen_v1(
         raise QwenV1ConversionError(
             f"{vocab_file}: {len(tokenizer)} tokens with the special ones, more than vocab_size={config.vocab_size}"
         )
+    # Without a generation config, generate() would not know <|endoftext|> ends a text: always write one.
     generation_file = source / "generation_config.json"
-    generation = None
-    if generation_file.is_file():
-        raw_generation = json.loads(generation_file.read_text())
-        try:
-            generation = qwen_v1_generation_config(raw_generation, tokenizer)
-        except QwenV1ConversionError as err:
-            raise QwenV1ConversionError(f"{generation_file}: {err}") from None
-        if raw_generation.get("chat_format") == "chatml":  # a chat model (Qwen-*-Chat)
-            from ..templates import CHATML
+    raw_generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
+    try:
+        generation = qwen_v1_generation_config(raw_generation, tokenizer)
+    except QwenV1ConversionError as err:
+        raise QwenV1ConversionError(f"{generation_file}: {err}") from None
+    if raw_generation.get("chat_format") == "chatml":  # a chat model (Qwen-*-Chat)
+        from ..templates import CHATML
 
-            tokenizer.chat_template = CHATML
+        tokenizer.chat_template = CHATML
 
     with ExitStack() as stack:
         weights = _Weights(source, stack)
@@ -584,8 +583,7 @@ def convert_qwen_v1(
             writer.add(converted)
         writer.close()
     config.save_pretrained(target)
-    if generation is not None:
-        generation.save_pretrained(target)
+    generation.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
 

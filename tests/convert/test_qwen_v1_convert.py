@@ -219,7 +219,7 @@ def test_unknown_and_missing_keys_are_refused_by_name(v1, qwen_vocab_file, tmp_p
     assert not (tmp_path / "out" / "config.json").exists()
 
 
-def test_bf16_bin_checkpoint_stays_bf16(v1, qwen_vocab_file, tmp_path):
+def test_bf16_bin_checkpoint_stays_bf16(v1, qwen_vocab_file, qwen_ranks, tmp_path):
     config, sd = v1
     bf16 = {k: v.to(torch.bfloat16) for k, v in sd.items()}
     source = write_qwen_v1_folder(tmp_path / "in", bf16, {**config, "bf16": True}, qwen_vocab_file, shards=0)
@@ -229,6 +229,9 @@ def test_bf16_bin_checkpoint_stays_bf16(v1, qwen_vocab_file, tmp_path):
     assert torch.equal(saved["model.layers.0.self_attn.q_proj.weight"], bf16["transformer.h.0.attn.c_attn.weight"][:64])
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+    # No generation_config.json in the source: the written one still stops on <|endoftext|>.
+    generation = GenerationConfig.from_pretrained(out)
+    assert (generation.eos_token_id, generation.pad_token_id) == (len(qwen_ranks), len(qwen_ranks))
 
 
 def test_the_command_line(v1, qwen_vocab_file, tmp_path, capsys):
