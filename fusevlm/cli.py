@@ -133,6 +133,23 @@ def _score(parser: argparse.ArgumentParser):
     return run
 
 
+@command("convert-llm", "convert a remote-code LLM checkpoint into a transformers-native folder: "
+                        "fusevlm convert-llm qwen-v1 IN OUT")
+def _convert_llm(parser: argparse.ArgumentParser):
+    parser.add_argument("format", choices=("qwen-v1",),
+                        help="qwen-v1: Qwen-7B / Qwen-14B (model_type 'qwen') -> Qwen2 (exact up to seq_length tokens)")
+    parser.add_argument("input", type=Path, help="the checkpoint folder (config.json, weights, qwen.tiktoken)")
+    parser.add_argument("output", type=Path, help="the folder to write (new or empty)")
+
+    def run(args: argparse.Namespace) -> int:
+        from .models.qwen_v1 import convert_qwen_v1
+
+        print(f"wrote {convert_qwen_v1(args.input, args.output)}")
+        return 0
+
+    return run
+
+
 # Subcommands whose parser and runner live with the code they run: (help, module, add-arguments, runner).
 DELEGATED: dict[str, tuple[str, str, str, str]] = {
     "plan": ("parameters, image tokens and memory per GPU of a recipe, offline: fusevlm plan [--gpus N] RECIPE.yaml",
