@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -49,6 +49,11 @@ PEFT_PREFIX = "base_model.model."  # what PEFT puts before every tensor name of 
 # Qwen-VL's tokens after Qwen v1's <|extra_204|>, in id order; <img> is the seed's visual_config image_start_id.
 QWEN_VL_TAGS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", "<img>", "</img>", "<imgpad>")
 QWEN_V1_MODEL_TYPES = ("qwen", "llava_qwen")  # Qwen v1's own, and the seed's LlavaQWen config saved over it
+# LLaVA's config keys besides the mm_* ones: they describe the vision side, which the loader's arguments give.
+LLAVA_CONFIG_KEYS = frozenset({
+    "use_mm_proj", "image_aspect_ratio", "image_grid_pinpoints", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter",
+    "use_im_start_end",
+})
 DEFAULT_CONTEXT_LENGTH = 2048  # the seed's answer when a config names none
 
 
@@ -116,20 +121,33 @@ def load_mixed_pretrained_model(
         llm_kwargs["device_map"] = device_map
 
     llm_path = model_base if adapter else model_path
-    language_model, tokenizer = load_any_llm(llm_path, dtype=dtype, trust_remote_code=trust_remote_code, **llm_kwargs)
-    projector_weights: str | Path | dict[str, torch.Tensor] | None = mm_projector_path
-    projector_source = str(mm_projector_path)
+    language_model, tokenizer, beside_llm = load_any_llm(
+        llm_path, dtype=dtype, trust_remote_code=trust_remote_code, **llm_kwargs
+    )
+    # Projector weights, first found: mm_projector_path; the LoRA run's non_lora_trainables.bin (both at once is
+    # ambiguous); the LLM folder's own mm_projector tensors when its config names the same projector type (the
+    # seed's loader keeps those when it is given no file).
+    sources: list[tuple[str, str | Path | dict[str, torch.Tensor]]] = []
+    if mm_projector_path is not None:
+        sources.append((str(mm_projector_path), mm_projector_path))
     if adapter:
         merge_lora(language_model, Path(model_path))
         extra = Path(model_path) / NON_LORA_TRAINABLES
-        projector_state = load_non_lora_trainables(language_model, extra) if extra.is_file() else {}
-        if projector_state:
-            if mm_projector_path is not None:
-                raise ValueError(
-                    f"both {extra} and mm_projector_path={mm_projector_path} hold projector weights; "
-                    "pass mm_projector_path=None to use the LoRA run's, or remove them from one"
-                )
-            projector_weights, projector_source = projector_state, str(extra)
+        run_projector = load_non_lora_trainables(language_model, extra) if extra.is_file() else {}
+        if run_projector and sources:
+            raise ValueError(
+                f"both {extra} and {mm_projector_path} hold projector weights; "
+                "pass mm_projector_path=None to use the LoRA run's, or remove them from one"
+            )
+        if run_projector:
+            sources.append((str(extra), run_projector))
+    saved_projector = {k: v for k, v in beside_llm.tensors.items() if "mm_projector." in k}
+    if saved_projector and beside_llm.config.get("mm_projector_type") == mm_projector_type:
+        sources.append((f"{llm_path} (its mm_projector tensors)", saved_projector))
+    unused = len(beside_llm.tensors) - (len(saved_projector) if sources and sources[0][1] is saved_projector else 0)
+    if unused:
+        logger.info("%s: %d vision tower / projector tensors beside the LLM not used (the arguments give them)",
+                    llm_path, unused)
 
     encoder = load_vision_encoder(vision_tower_path)
     seed_visual = getattr(encoder, "seed_visual_config", None)
@@ -140,8 +158,8 @@ def load_mixed_pretrained_model(
     if chat_template == CODEFUSE_QWEN:
         add_qwen_vl_tags(tokenizer, (seed_visual or {}).get("image_start_id"))
     model, processor = assemble(encoder, mm_projector_type, language_model, tokenizer, chat_template=chat_template)
-    if projector_weights is not None:
-        load_projector_weights(model.projector, projector_weights, projector_source)
+    if sources:
+        load_projector_weights(model.projector, sources[0][1], sources[0][0])
     elif mm_projector_type != "identity":
         logger.warning("no projector weights given: the %s projector starts freshly initialised", model.projector.name)
     device = language_model.get_input_embeddings().weight.device
@@ -186,19 +204,86 @@ def is_qwen_v1(path: str | Path) -> bool:
     return config_file.is_file() and json.loads(config_file.read_text()).get("model_type") in QWEN_V1_MODEL_TYPES
 
 
+class BesideLLM(NamedTuple):
+    """What the seed's LlavaQWen saved with its LLM: LLaVA's config keys and the vision tower / projector tensors."""
+
+    config: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
 def load_any_llm(
     path: str | Path,
     *,
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
     **model_kwargs: Any,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer; a Qwen v1 folder is converted to Qwen2 in memory (no remote code runs)."""
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, BesideLLM]:
+    """A causal LM, its tokenizer, and what its folder holds besides. A Qwen v1 folder is converted to Qwen2 in
+    memory: no remote code runs."""
     if is_qwen_v1(path):
-        from .qwen_v1 import load_qwen_v1
+        return load_qwen_v1_llm(path, dtype=dtype, **model_kwargs)
+    model, tokenizer = load_llm(path, dtype=dtype, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs)
+    return model, tokenizer, BesideLLM({}, {})
 
-        return load_qwen_v1(path, dtype=dtype, **model_kwargs)
-    return load_llm(path, dtype=dtype, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs)
+
+def load_qwen_v1_llm(
+    path: str | Path, *, dtype: torch.dtype | str | None = None, **model_kwargs: Any
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, BesideLLM]:
+    """A Qwen v1 folder (Qwen-7B/14B, or the seed's LlavaQWen save of one) as a transformers Qwen2 model, in memory.
+
+    The mapping is ``fusevlm.models.qwen_v1``'s (what ``fusevlm convert-llm qwen-v1`` writes out). The seed's
+    additions are set apart first: LLaVA's ``mm_*`` config keys, and ``mm_projector`` / ``vision_tower`` tensors
+    (returned, not loaded into the LLM). The whole state dict is read before the model is built, so the peak memory
+    is about twice the LLM's; convert once with ``fusevlm convert-llm`` to load large models repeatedly.
+    """
+    from transformers import Qwen2ForCausalLM
+
+    from .qwen_v1 import (
+        ENDOFTEXT,
+        QwenV1ConversionError,
+        expected_qwen_v1_keys,
+        qwen_tiktoken_tokenizer,
+        qwen_v1_config_to_qwen2,
+        qwen_v1_generation_config,
+        qwen_v1_state_dict_to_qwen2,
+    )
+    from .vision.qwen_vl import read_prefixed_tensors
+
+    folder = Path(path)
+    raw = json.loads((folder / "config.json").read_text())
+    llava = {k: v for k, v in raw.items() if k.startswith("mm_") or k in LLAVA_CONFIG_KEYS}
+    raw = {k: v for k, v in raw.items() if k not in llava}
+    raw["model_type"] = "qwen"
+    try:
+        config = qwen_v1_config_to_qwen2(raw)
+    except QwenV1ConversionError as err:
+        raise QwenV1ConversionError(f"{folder / 'config.json'}: {err}") from None
+    tokenizer = qwen_tiktoken_tokenizer(
+        folder / "qwen.tiktoken", eos_token=raw.get("eos_token", ENDOFTEXT), pad_token=raw.get("pad_token"),
+        model_max_length=config.max_position_embeddings,
+    )
+    generation_file = folder / "generation_config.json"
+    generation = qwen_v1_generation_config(
+        json.loads(generation_file.read_text()) if generation_file.is_file() else {}, tokenizer
+    )
+    state = read_prefixed_tensors(folder, "")
+    multimodal = {k: state.pop(k) for k in list(state) if "mm_projector." in k or "vision_tower." in k}
+    expected = expected_qwen_v1_keys(config.num_hidden_layers, config.tie_word_embeddings)
+    missing = [k for k in expected if k not in state]
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise QwenV1ConversionError(
+            f"{folder}: the weights are not a {config.num_hidden_layers}-layer Qwen v1 LLM's: "
+            f"missing {missing[:6]}, unexpected {extra[:6]}"
+        )
+    converted = qwen_v1_state_dict_to_qwen2(state)
+    del state
+    model = Qwen2ForCausalLM.from_pretrained(
+        None, config=config, state_dict=converted, dtype=dtype or converted["model.embed_tokens.weight"].dtype,
+        **model_kwargs,
+    )
+    model.generation_config = generation
+    return model, tokenizer, BesideLLM(llava, multimodal)
 
 
 def llm_state_in_naming(

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tiny import make_tokenizer
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 VISION_WIDTH, VISION_LAYERS, VISION_HEADS, MLP_RATIO = 48, 2, 2, 2.0
 IMAGE, PATCH = 32, 8  # a 4 x 4 patch grid; the trunk's 256 position rows are resized to it on every forward
@@ -187,33 +187,68 @@ def seed_projector_forward(kind: str, state: dict[str, torch.Tensor], x: torch.T
 
 
 # ---- the LLM and a release folder -----------------------------------------------------------------------------
-def llm_config() -> Qwen2Config:
-    return Qwen2Config(
-        vocab_size=300, hidden_size=LLM_HIDDEN, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False,
+QWEN_SPECIALS = 3 + 205  # <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0..204|>
+# The seed's LlavaQWenConfig adds LLaVA's keys to Qwen v1's config.json (llava/model/llava_arch.py).
+LLAVA_KEYS = {
+    "model_type": "llava_qwen", "mm_vision_tower": "/mnt/project/LLAVA/Qwen-VL-visual/", "use_mm_proj": True,
+    "mm_projector_type": "cross_attn", "mm_hidden_size": VISION_WIDTH, "mm_vision_select_layer": -2,
+    "mm_vision_select_feature": "patch", "image_aspect_ratio": "None", "image_grid_pinpoints": None,
+    "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False, "mm_use_im_start_end": False,
+    "mm_use_im_patch_token": False,
+}
+
+
+def qwen_v1_llm_config(num_ranks: int, **overrides) -> dict:
+    """Qwen-14B's config.json keys at toy size: 256 wide, 2 heads of 128 (kv_channels), room for Qwen-VL's tags."""
+    from qwen_v1_reference import qwen_v1_config
+
+    vocab = num_ranks + QWEN_SPECIALS + QWEN_VL_TAG_COUNT
+    return qwen_v1_config(
+        vocab + (-vocab % 16), hidden_size=LLM_HIDDEN, num_attention_heads=2, kv_channels=128, intermediate_size=640,
+        num_hidden_layers=2, seq_length=1024, max_position_embeddings=8192, **overrides,
     )
 
 
-def write_llm(path: Path) -> Path:
-    """A tiny Qwen2-format LLM with a byte-level BPE tokenizer (no Qwen-VL tags yet)."""
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(llm_config()).save_pretrained(path)
-    make_tokenizer(path)
-    return path
+def write_qwen_v1_llm(path: Path, vocab_file: Path, llava: bool = False,
+                      beside: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """A tiny Qwen v1 LLM folder (Qwen/Qwen-14B's layout); ``llava``: saved as the seed's LlavaQWen would (its config
+    keys), ``beside``: more tensors in its shards (the seed's mm_projector). Returns (v1 state dict, config)."""
+    from qwen_v1_reference import qwen_v1_weights, write_qwen_v1_folder
+
+    num_ranks = sum(1 for line in vocab_file.read_text().splitlines() if line.strip())
+    config = qwen_v1_llm_config(num_ranks)
+    state = qwen_v1_weights(config, seed=7)
+    write_qwen_v1_folder(path, {**state, **(beside or {})}, {**config, **(LLAVA_KEYS if llava else {})}, vocab_file,
+                         generation={"chat_format": "chatml", "eos_token_id": num_ranks, "max_new_tokens": 512})
+    return state, config
 
 
 def image_start_id_for(llm: Path) -> int:
-    """Where <img> lands once Qwen-VL's tags are appended to this tokenizer (Qwen-VL's own numbering)."""
-    return len(AutoTokenizer.from_pretrained(llm)) + IMG_TAG_OFFSET
+    """Where <img> is in the seed's tokenizer: Qwen-VL's tags follow Qwen v1's specials, <img> the seventh."""
+    num_ranks = sum(1 for line in (llm / "qwen.tiktoken").read_text().splitlines() if line.strip())
+    return num_ranks + QWEN_SPECIALS + IMG_TAG_OFFSET
 
 
-def write_release(path: Path, llm_writer=write_llm) -> Path:
-    """A CodeFuse-VLM-14B-shaped release folder: the LLM at the top, Qwen-VL-visual/, mm_projector/mm_projector.bin."""
-    llm_writer(path)
+def write_release(path: Path, vocab_file: Path) -> Path:
+    """A CodeFuse-VLM-14B-shaped release folder: the LLM at the top (the seed's LlavaQWen save of Qwen v1, its
+    shards also holding a projector), Qwen-VL-visual/, mm_projector/mm_projector.bin (another projector)."""
+    in_shards = {f"transformer.mm_projector.{k}": v * 2 for k, v in seed_projector_state("cross_attn").items()}
+    write_qwen_v1_llm(path, vocab_file, llava=True, beside=in_shards)
     write_visual_folder(path / "Qwen-VL-visual", seed_visual_state(), visual_config(image_start_id_for(path)))
     (path / "mm_projector").mkdir()
     state = seed_projector_state("cross_attn")
     torch.save({f"transformer.mm_projector.{k}": v for k, v in state.items()}, path / "mm_projector/mm_projector.bin")
+    return path
+
+
+def write_llm(path: Path) -> Path:
+    """A tiny Qwen2-format LLM with a byte-level BPE tokenizer (as an LLM in transformers' own format comes)."""
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=300, hidden_size=LLM_HIDDEN, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False,
+    )).save_pretrained(path)
+    make_tokenizer(path)
     return path
 
 

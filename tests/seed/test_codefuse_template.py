@@ -70,9 +70,10 @@ def test_the_image_sits_between_the_img_tags_at_the_seeds_ids(loaded, release):
 
 
 def test_a_tokenizer_whose_img_tag_is_not_the_seeds_is_refused(release, tmp_path):
-    folder = write_visual_folder(tmp_path / "Qwen-VL-visual", seed_visual_state(),
-                                 visual_config(image_start_id=image_start_id_for(release) + 1))
-    with pytest.raises(ValueError, match=r"<img> and </img> are ids \[306, 307\], but .* image_start_id 307"):
+    start = image_start_id_for(release)
+    folder = write_visual_folder(tmp_path / "Qwen-VL-visual", seed_visual_state(), visual_config(start + 1))
+    with pytest.raises(ValueError, match=rf"<img> and </img> are ids \[{start}, {start + 1}\], but .* "
+                                         rf"image_start_id {start + 1}"):
         load_mixed_pretrained_model(release, None, None, folder, "cross_attn",
                                     release / "mm_projector/mm_projector.bin", device_map=None)
 
