@@ -165,9 +165,9 @@ DELEGATED: dict[str, tuple[str, str, str, str]] = {
             "fusevlm.serve.web", "add_arguments", "run"),
     "merge": ("fold a LoRA adapter (and its trained projector) into its base model: one folder",
               "fusevlm.serve.merge", "add_arguments", "run"),
-    "export": ("export a model to another format (hf-llava: transformers' LlavaForConditionalGeneration)",
-               "fusevlm.export", "add_arguments", "run_export"),
-    "import": ("import a model from another format (hf-llava) as a fusevlm model folder",
+    "export": ("export a model to another format (hf-llava: transformers' LlavaForConditionalGeneration; "
+               "qwen-vl: a Qwen-VL-Chat folder)", "fusevlm.export", "add_arguments", "run_export"),
+    "import": ("import a model from another format (hf-llava, qwen-vl) as a fusevlm model folder",
                "fusevlm.export", "add_arguments", "run_import"),
 }
 

@@ -229,11 +229,12 @@ def load_any_llm(
 def load_qwen_v1_llm(
     path: str | Path, *, dtype: torch.dtype | str | None = None, **model_kwargs: Any
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, BesideLLM]:
-    """A Qwen v1 folder (Qwen-7B/14B, or the seed's LlavaQWen save of one) as a transformers Qwen2 model, in memory.
+    """A Qwen v1 folder (Qwen-7B/14B, the seed's LlavaQWen save of one, or Qwen-VL) as a transformers Qwen2 model,
+    in memory.
 
-    The mapping is ``fusevlm.models.qwen_v1``'s (what ``fusevlm convert-llm qwen-v1`` writes out). The seed's
-    additions are set apart first: LLaVA's ``mm_*`` config keys, and ``mm_projector`` / ``vision_tower`` tensors
-    (returned, not loaded into the LLM). The whole state dict is read before the model is built, so the peak memory
+    The mapping is ``fusevlm.models.qwen_v1``'s (what ``fusevlm convert-llm qwen-v1`` writes out). What is not the
+    LLM's is set apart first and returned: LLaVA's ``mm_*`` config keys and Qwen-VL's ``visual`` section, and the
+    ``mm_projector`` / ``vision_tower`` / ``transformer.visual`` tensors. The whole state dict is read before the model is built, so the peak memory
     is about twice the LLM's; convert once with ``fusevlm convert-llm`` to load large models repeatedly.
     """
     from transformers import Qwen2ForCausalLM
@@ -251,7 +252,7 @@ def load_qwen_v1_llm(
 
     folder = Path(path)
     raw = json.loads((folder / "config.json").read_text())
-    llava = {k: v for k, v in raw.items() if k.startswith("mm_") or k in LLAVA_CONFIG_KEYS}
+    llava = {k: v for k, v in raw.items() if k.startswith("mm_") or k in LLAVA_CONFIG_KEYS or k == "visual"}
     raw = {k: v for k, v in raw.items() if k not in llava}
     raw["model_type"] = "qwen"
     try:
@@ -267,7 +268,8 @@ def load_qwen_v1_llm(
         json.loads(generation_file.read_text()) if generation_file.is_file() else {}, tokenizer
     )
     state = read_prefixed_tensors(folder, "")
-    multimodal = {k: state.pop(k) for k in list(state) if "mm_projector." in k or "vision_tower." in k}
+    multimodal = {k: state.pop(k) for k in list(state)
+                  if "mm_projector." in k or "vision_tower." in k or k.startswith("transformer.visual.")}
     expected = expected_qwen_v1_keys(config.num_hidden_layers, config.tie_word_embeddings)
     missing = [k for k in expected if k not in state]
     extra = sorted(set(state) - set(expected))
