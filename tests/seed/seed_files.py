@@ -210,14 +210,31 @@ def qwen_v1_llm_config(num_ranks: int, **overrides) -> dict:
 
 
 def write_qwen_v1_llm(path: Path, vocab_file: Path, llava: bool = False,
-                      beside: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+                      beside: dict[str, torch.Tensor] | None = None,
+                      answers_a: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """A tiny Qwen v1 LLM folder (Qwen/Qwen-14B's layout); ``llava``: saved as the seed's LlavaQWen would (its config
-    keys), ``beside``: more tensors in its shards (the seed's mm_projector). Returns (v1 state dict, config)."""
+    keys), ``beside``: more tensors in its shards (the seed's mm_projector). Returns (v1 state dict, config).
+
+    ``answers_a``: weights whose every greedy answer is "A" (hidden dim 0 is +10 for every token but "A", -10 for
+    "A", no layer writes to it, and only the logits of "A" (+) and <|endoftext|> (-) read it), so commands that
+    generate finish fast with an answer every scorer reads.
+    """
     from qwen_v1_reference import qwen_v1_weights, write_qwen_v1_folder
 
     num_ranks = sum(1 for line in vocab_file.read_text().splitlines() if line.strip())
     config = qwen_v1_llm_config(num_ranks)
     state = qwen_v1_weights(config, seed=7)
+    if answers_a:
+        letter_a = ord("A")  # byte-level ranks 0-255 are the bytes
+        state["transformer.wte.weight"][:, 0] = 10.0
+        state["transformer.wte.weight"][letter_a, 0] = -10.0
+        for i in range(config["num_hidden_layers"]):
+            state[f"transformer.h.{i}.attn.c_proj.weight"][0] = 0.0
+            state[f"transformer.h.{i}.mlp.c_proj.weight"][0] = 0.0
+        state["transformer.ln_f.weight"] = torch.eye(config["hidden_size"])[0]
+        state["lm_head.weight"] = torch.zeros_like(state["lm_head.weight"])
+        state["lm_head.weight"][letter_a, 0] = 1.0
+        state["lm_head.weight"][num_ranks, 0] = -1.0  # <|endoftext|>
     write_qwen_v1_folder(path, {**state, **(beside or {})}, {**config, **(LLAVA_KEYS if llava else {})}, vocab_file,
                          generation={"chat_format": "chatml", "eos_token_id": num_ranks, "max_new_tokens": 512})
     return state, config
@@ -229,11 +246,11 @@ def image_start_id_for(llm: Path) -> int:
     return num_ranks + QWEN_SPECIALS + IMG_TAG_OFFSET
 
 
-def write_release(path: Path, vocab_file: Path) -> Path:
+def write_release(path: Path, vocab_file: Path, answers_a: bool = False) -> Path:
     """A CodeFuse-VLM-14B-shaped release folder: the LLM at the top (the seed's LlavaQWen save of Qwen v1, its
     shards also holding a projector), Qwen-VL-visual/, mm_projector/mm_projector.bin (another projector)."""
     in_shards = {f"transformer.mm_projector.{k}": v * 2 for k, v in seed_projector_state("cross_attn").items()}
-    write_qwen_v1_llm(path, vocab_file, llava=True, beside=in_shards)
+    write_qwen_v1_llm(path, vocab_file, llava=True, beside=in_shards, answers_a=answers_a)
     write_visual_folder(path / "Qwen-VL-visual", seed_visual_state(), visual_config(image_start_id_for(path)))
     (path / "mm_projector").mkdir()
     state = seed_projector_state("cross_attn")
