@@ -28,6 +28,7 @@ from tiny import qwen_vl_state_dict
 
 from fusevlm import FuseVLMForConditionalGeneration, FuseVLMProcessor
 from fusevlm.cli import main
+from fusevlm.templates import LLAMA2
 
 
 def tensors(folder):
@@ -106,7 +107,8 @@ def test_export_then_import_gives_back_the_same_model(seed_model, exported, tmp_
 def test_a_model_qwen_vl_cannot_hold_is_refused_with_every_reason(checkpoints, tmp_path, capsys):
     llama, clip = checkpoints("llm", "llama"), checkpoints("vision", "clip", hidden=64)
     assert main(["init", "--llm", str(llama), "--vision", str(clip), "--projector", "mlp2x_gelu",
-                 "--out", str(tmp_path / "m")]) == 0
+                 "--template", "llama2", "--out", str(tmp_path / "m")]) == 0
+    assert FuseVLMProcessor.from_pretrained(tmp_path / "m").chat_template == LLAMA2
     capsys.readouterr()
     assert main(["export", "--format", "qwen-vl", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "q")]) == 2
     message = capsys.readouterr().out
