@@ -82,8 +82,9 @@ def load_mixed_pretrained_model(
       name that contradicts them (``lora`` in the name without a LoRA folder, or a LoRA folder without it).
     * ``vision_tower_path``: a vision folder or spec (the seed's ``Qwen-VL-visual/`` included).
     * ``mm_projector_type``: ``linear``, ``mlp{N}x_gelu``, ``cross_attn``, ``identity`` (or a fusevlm projector
-      config dict); ``mm_projector_path``: its weights file, or None (then the LoRA folder's
-      ``non_lora_trainables.bin`` must hold them, or the projector starts freshly initialised).
+      config dict); ``mm_projector_path``: its weights file, or None: then the LoRA folder's
+      ``non_lora_trainables.bin``, or the projector tensors saved in the LLM folder (when its config names the same
+      type), or else a freshly initialised projector (with a warning).
     * ``load_8bit`` / ``load_4bit``: the LLM quantised with bitsandbytes (8-bit, or NF4 with double quantisation and
       float16 compute, as the seed); needs bitsandbytes and a CUDA GPU.
     * ``device_map``: where the LLM's layers go (transformers' ``device_map``; None: load on the CPU); the vision
@@ -98,19 +99,7 @@ def load_mixed_pretrained_model(
     tokenizer, model.config.image_seq_length, model.config.image_token)`` turns prompts with ``<image>`` into model
     inputs; ``model.save_pretrained`` + that processor's ``save_pretrained`` write one fusevlm model folder.
     """
-    adapter = (Path(model_path) / ADAPTER_CONFIG).is_file()
-    if model_name is not None and ("lora" in model_name.lower()) != adapter:
-        raise ValueError(
-            f"model_name {model_name!r} {'says' if not adapter else 'does not say'} 'lora', but {model_path} "
-            f"{'has no' if not adapter else 'has an'} {ADAPTER_CONFIG}"
-        )
-    if adapter and model_base is None:
-        raise ValueError(f"{model_path} is a LoRA output folder: pass the LLM it adapts as model_base")
-    if model_base is not None and not adapter:
-        raise ValueError(
-            f"model_base is the LLM a LoRA folder adapts, but {model_path} has no {ADAPTER_CONFIG}; "
-            "pass the LLM folder as model_path and model_base=None"
-        )
+    adapter = is_lora_folder(model_path, model_base, model_name)
     quantization = quantization_config(load_8bit, load_4bit)
     if adapter and quantization is not None:
         raise ValueError("a LoRA folder is merged into full-precision weights: load it without load_8bit/load_4bit")
@@ -127,6 +116,7 @@ def load_mixed_pretrained_model(
     # Projector weights, first found: mm_projector_path; the LoRA run's non_lora_trainables.bin (both at once is
     # ambiguous); the LLM folder's own mm_projector tensors when its config names the same projector type (the
     # seed's loader keeps those when it is given no file).
+    projector_name = mm_projector_type if isinstance(mm_projector_type, str) else mm_projector_type.get("type")
     sources: list[tuple[str, str | Path | dict[str, torch.Tensor]]] = []
     if mm_projector_path is not None:
         sources.append((str(mm_projector_path), mm_projector_path))
@@ -142,7 +132,7 @@ def load_mixed_pretrained_model(
         if run_projector:
             sources.append((str(extra), run_projector))
     saved_projector = {k: v for k, v in beside_llm.tensors.items() if "mm_projector." in k}
-    if saved_projector and beside_llm.config.get("mm_projector_type") == mm_projector_type:
+    if saved_projector and beside_llm.config.get("mm_projector_type") == projector_name:
         sources.append((f"{llm_path} (its mm_projector tensors)", saved_projector))
     unused = len(beside_llm.tensors) - (len(saved_projector) if sources and sources[0][1] is saved_projector else 0)
     if unused:
@@ -150,6 +140,39 @@ def load_mixed_pretrained_model(
                     llm_path, unused)
 
     encoder = load_vision_encoder(vision_tower_path)
+    chat_template = seed_chat_template(chat_template, encoder, tokenizer)
+    model, processor = assemble(encoder, mm_projector_type, language_model, tokenizer, chat_template=chat_template)
+    if sources:
+        load_projector_weights(model.projector, sources[0][1], sources[0][0])
+    elif projector_name != "identity":
+        logger.warning("no projector weights given: the %s projector starts freshly initialised", model.projector.name)
+    device = language_model.get_input_embeddings().weight.device
+    model.vision_tower.to(device)
+    model.projector.to(device)
+    return processor.tokenizer, model, processor.image_processor, context_length(model.config.text_config)
+
+
+def is_lora_folder(model_path: str | Path, model_base: str | Path | None, model_name: str | None) -> bool:
+    """Whether ``model_path`` is a LoRA output folder, refusing arguments that say otherwise."""
+    adapter = (Path(model_path) / ADAPTER_CONFIG).is_file()
+    if model_name is not None and ("lora" in model_name.lower()) != adapter:
+        raise ValueError(
+            f"model_name {model_name!r} {'says' if not adapter else 'does not say'} 'lora', but {model_path} "
+            f"{'has no' if not adapter else 'has an'} {ADAPTER_CONFIG}"
+        )
+    if adapter and model_base is None:
+        raise ValueError(f"{model_path} is a LoRA output folder: pass the LLM it adapts as model_base")
+    if model_base is not None and not adapter:
+        raise ValueError(
+            f"model_base is the LLM a LoRA folder adapts, but {model_path} has no {ADAPTER_CONFIG}; "
+            "pass the LLM folder as model_path and model_base=None"
+        )
+    return adapter
+
+
+def seed_chat_template(chat_template: str | None, encoder: Any, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The template asked for (a built-in name or Jinja text), else ``codefuse_qwen`` for the seed's vision folder;
+    ``codefuse_qwen`` also makes Qwen-VL's image tags tokens (at the folder's ``image_start_id`` when it names one)."""
     seed_visual = getattr(encoder, "seed_visual_config", None)
     if chat_template is None and seed_visual is not None:
         chat_template = CODEFUSE_QWEN
@@ -157,15 +180,7 @@ def load_mixed_pretrained_model(
         chat_template = get_template(chat_template)
     if chat_template == CODEFUSE_QWEN:
         add_qwen_vl_tags(tokenizer, (seed_visual or {}).get("image_start_id"))
-    model, processor = assemble(encoder, mm_projector_type, language_model, tokenizer, chat_template=chat_template)
-    if sources:
-        load_projector_weights(model.projector, sources[0][1], sources[0][0])
-    elif mm_projector_type != "identity":
-        logger.warning("no projector weights given: the %s projector starts freshly initialised", model.projector.name)
-    device = language_model.get_input_embeddings().weight.device
-    model.vision_tower.to(device)
-    model.projector.to(device)
-    return processor.tokenizer, model, processor.image_processor, context_length(model.config.text_config)
+    return chat_template
 
 
 def quantization_config(load_8bit: bool, load_4bit: bool) -> Any:
@@ -290,12 +305,12 @@ def load_qwen_v1_llm(
 
 def llm_state_in_naming(
     language_model: PreTrainedModel, names: set[str], source: str
-) -> tuple[dict[str, torch.Tensor], Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]]:
+) -> tuple[dict[str, torch.Tensor], Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None]:
     """The LLM's tensors under the naming ``names`` use - its own, or Qwen v1's (the seed's Qwen LLMs) - and the map
-    from that naming back to its own."""
+    from that naming back to its own (None: it is its own)."""
     own = language_model.state_dict()
     if names <= set(own):
-        return own, dict
+        return own, None
     if language_model.config.model_type == "qwen2":
         from .qwen_v1 import qwen2_state_dict_to_qwen_v1, qwen_v1_state_dict_to_qwen2
 
@@ -313,7 +328,7 @@ def update_llm(language_model: PreTrainedModel, tensors: dict[str, torch.Tensor]
              if v.shape != state[k].shape]
     if wrong:
         raise ValueError(f"{source}: shape differs: {', '.join(wrong[:6])}")
-    own = tensors if to_own is dict else to_own({**state, **tensors})
+    own = tensors if to_own is None else to_own({**state, **tensors})
     with torch.no_grad():
         for name, param in language_model.state_dict().items():
             if name in own and not torch.equal(param, own[name].to(param.device, param.dtype)):
