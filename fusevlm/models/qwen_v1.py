@@ -96,8 +96,10 @@ _FIXED = {"rotary_pct": 1.0, "no_bias": True, "scale_attn_weights": True, "emb_d
 _RUNTIME_ONLY = frozenset({
     "model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "tokenizer_class",
     "tokenizer_type", "use_flash_attn", "bf16", "fp16", "fp32", "onnx_safe", "softmax_in_fp32",
-    "use_cache_kernel", "use_cache_quantization", "torch_dtype", "dtype", "eos_token", "pad_token",
+    "use_cache_kernel", "use_cache_quantization",
 })
+# Read apart from the mapping: the stored dtype, and token names some fine-tuned copies write (for the tokenizer).
+_READ_APART = frozenset({"torch_dtype", "dtype", "eos_token", "pad_token"})
 
 
 class QwenV1ConversionError(ValueError):
@@ -127,7 +129,7 @@ def qwen_v1_config_to_qwen2(config: Mapping[str, Any]) -> Qwen2Config:
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
         raise QwenV1ConversionError(f"Qwen v1 config lacks {', '.join(missing)}")
-    known = set(_RENAMED) | set(_REQUIRED) | set(_FIXED) | set(_LONG_CONTEXT_DEFAULTS) | _RUNTIME_ONLY
+    known = set(_RENAMED) | set(_REQUIRED) | set(_FIXED) | set(_LONG_CONTEXT_DEFAULTS) | _RUNTIME_ONLY | _READ_APART
     known |= {"kv_channels", "rotary_emb_base"}
     unknown = sorted(key for key in raw if key not in known)
     if unknown:
@@ -419,7 +421,9 @@ _CHAT_HELPER_ONLY = {"max_window_size"}  # read only by Qwen's chat() helper (hi
 
 def qwen_v1_generation_config(raw: Mapping[str, Any], tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
     """Qwen v1's ``generation_config.json`` as a transformers one: single-token ``stop_words_ids`` and the chat
-    format's stop tokens become ``eos_token_id`` entries; the standard keys carry over."""
+    format's stop tokens become ``eos_token_id`` entries; the standard keys carry over. ``max_window_size`` (how
+    much history Qwen's ``chat()`` helper keeps) has no transformers equivalent and is dropped (logged); other
+    keys transformers does not know are refused."""
     raw = dict(raw)
     raw.pop("transformers_version", None)
     chat_format = raw.pop("chat_format", "raw")
