@@ -11,9 +11,8 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
-from ..data.dataset import ConversationDataset, VLMCollator, sample_records
+from ..data.dataset import ConversationDataset, VLMCollator, check_sources, load_mixture
 from ..data.packing import packing_collator, without_cache
-from ..data.records import Record, read_records
 from ..data.report import BadSampleReport
 from ..models.builder import build_vlm
 from ..models.vlm import FuseVLMForConditionalGeneration
@@ -22,7 +21,7 @@ from ..templates import get_template
 from .checkpoints import SaveWatch, staged_folder
 from .guards import NonFiniteGuard
 from .preflight import preflight
-from .recipe import DataEntry, Recipe, RecipeError
+from .recipe import Recipe, RecipeError
 from .stages import prepare_for_stage
 from .trainer import VLMTrainer
 
@@ -30,22 +29,6 @@ logger = logging.getLogger(__name__)
 
 PROJECTOR_FILE = "projector.safetensors"
 DATA_REPORT_FILE = "data_report.json"
-
-
-def load_mixture(
-    entries: list[DataEntry], *, on_bad_sample: str, report: BadSampleReport, seed: int
-) -> tuple[list[Record], list[str]]:
-    """Read every dataset of a recipe, tag its records with the task, and down/up-sample as asked."""
-    records: list[Record] = []
-    for position, entry in enumerate(entries):
-        read = read_records(entry.path, image_root=entry.image_root, on_bad_sample=on_bad_sample, report=report,
-                            task=entry.task)
-        for record in read:
-            # The entry's task, else the record's own, else the file's name.
-            record.task = record.task or Path(entry.path).stem
-        records += sample_records(read, entry.num_samples, seed + position)
-    tasks = list(dict.fromkeys(r.task for r in records))
-    return records, tasks
 
 
 def load_model(recipe: Recipe) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
@@ -86,8 +69,8 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
 
 
 def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
-    """Run one stage. The recipe (``preflight``) and the data are checked before any weights load, so a bad
-    recipe or bad data fails fast. A NaN/inf loss stops the run (``guards``); a failed save leaves the previous
+    """Run one stage. The recipe (``preflight``) and the data files' presence are checked before any weights load,
+    so a bad recipe fails fast; the data is tokenized (or its cache opened) once the tokenizer is there. A NaN/inf loss stops the run (``guards``); a failed save leaves the previous
     checkpoint and model folder intact (``checkpoints``).
 
     ``callbacks`` are ``transformers.TrainerCallback`` objects added to the Trainer's own.
@@ -96,14 +79,16 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
     seed = int(recipe.training.get("seed", 42))
     set_seed(seed)
     report = BadSampleReport()
-    records, tasks = load_mixture(recipe.data, on_bad_sample=recipe.on_bad_sample, report=report, seed=seed)
+    check_sources(recipe.data)
 
     model, processor = load_model(recipe)
-    template = get_template(recipe.template) if recipe.template else None
-    dataset = ConversationDataset(
-        records, processor, model_max_length=recipe.model_max_length, chat_template=template,
-        image_aspect_ratio=recipe.image_aspect_ratio, on_bad_sample=recipe.on_bad_sample, report=report, tasks=tasks,
+    dataset = load_mixture(
+        recipe.data, processor, model_max_length=recipe.model_max_length,
+        chat_template=get_template(recipe.template) if recipe.template else None,
+        image_aspect_ratio=recipe.image_aspect_ratio, on_bad_sample=recipe.on_bad_sample, report=report, seed=seed,
+        cache_dir=recipe.data_cache_dir, num_proc=recipe.preprocessing_num_workers,
     )
+    tasks = dataset.tasks
     model = prepare_for_stage(model, recipe)
     if recipe.training.get("gradient_checkpointing") or recipe.training.get("activation_checkpointing"):
         model.config.use_cache = False

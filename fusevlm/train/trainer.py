@@ -132,7 +132,7 @@ class VLMTrainer(Trainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.mft_loss_mode is not None:
-            return TaskInterleavedSampler([s.task_id for s in dataset.samples], seed=self.args.seed)
+            return TaskInterleavedSampler(dataset.task_ids, seed=self.args.seed)
         if self.group_by_modality_length:
             group = self.args.per_device_train_batch_size * self.args.world_size
             return ModalityLengthGroupedSampler(dataset.lengths, group, seed=self.args.seed)
