@@ -251,7 +251,7 @@ class EncodedFile:
         good = pc.is_null(self.column("error")).to_numpy(zero_copy_only=False)
         duplicates = [row for row, _ in self.meta["duplicates"]]
         good[duplicates] = False
-        return np.flatnonzero(good)
+        return np.flatnonzero(good).astype(np.int32 if len(good) < 2**31 else np.int64)
 
     def errors(self) -> tuple[list[tuple[int, DataError]], list[tuple[int, DataError]]]:
         """The bad records as (row, error) in file order: (reader errors and duplicate ids, tokenizer errors)."""

@@ -119,13 +119,15 @@ def load_mixture(
         if probed and len(probed) == _probed_count(encoded, usable[position]):
             raise DataError(f"none of the first {len(probed)} images can be used (is image_root right?); the first: "
                             f"{probed[0][1]}", source=encoded.source, reason=probed[0][1].reason)
-        drawn = usable[position][sample_indices(len(usable[position]), source.num_samples, seed + position)]
+        drawn = usable[position]
+        if source.num_samples is not None:
+            drawn = drawn[sample_indices(len(drawn), source.num_samples, seed + position)]
         names, codes = _tasks(encoded, drawn, source.task or None, Path(source.path).stem)
         rows.append(drawn)
         task_names.append(names)
         task_codes.append(codes)
     tasks = list(dict.fromkeys(name for names in task_names for name in names))  # in order of first appearance
-    task_ids = [np.asarray([tasks.index(name) for name in names], dtype=np.int64)[codes]
+    task_ids = [np.asarray([tasks.index(name) for name in names], dtype=np.int16)[codes]
                 for names, codes in zip(task_names, task_codes, strict=True)]
     return ConversationDataset(files, rows, task_ids, tasks, processor, image_aspect_ratio=image_aspect_ratio,
                                on_bad_sample=on_bad_sample)
@@ -133,14 +135,20 @@ def load_mixture(
 
 def _tasks(encoded: EncodedFile, rows: np.ndarray, task: str | None, default: str) -> tuple[list[str], np.ndarray]:
     """The task names of one dataset's samples in order of first appearance, and each sample's position in them."""
-    if task is not None or not len(rows):
-        return [task or default], np.zeros(len(rows), dtype=np.int64)
-    import pandas as pd
+    column = encoded.column("task")
+    if task is not None or not len(rows) or column.null_count == len(column):
+        return [task or default], np.zeros(len(rows), dtype=np.int32)
     import pyarrow.compute as pc
 
-    own = pc.fill_null(encoded.column("task").take(rows), default).to_numpy(zero_copy_only=False)
-    codes, uniques = pd.factorize(own)
-    return [str(name) for name in uniques], codes.astype(np.int64)
+    # Arrow's dictionary encoding: a few names and an int per sample, never a Python string per sample.
+    encoded_names = pc.fill_null(column.take(rows), default).combine_chunks().dictionary_encode()
+    names = encoded_names.dictionary.to_pylist()
+    codes = encoded_names.indices.to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    order = np.argsort(first)  # the dictionary's order, renumbered by first appearance
+    renumber = np.empty(len(names), dtype=np.int32)
+    renumber[order] = np.arange(len(order), dtype=np.int32)
+    return [names[k] for k in order], renumber[codes]
 
 
 def _probe_images(encoded: EncodedFile, usable: np.ndarray) -> list[tuple[int, DataError]]:
@@ -202,8 +210,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.on_bad_sample = on_bad_sample
         self.background = mean_color(processor.image_processor.image_mean)
         self.tasks = list(tasks)
-        self.rows = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
-        self.task_ids = np.concatenate(task_ids).astype(np.int64) if task_ids else np.zeros(0, dtype=np.int64)
+        self.rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        self.task_ids = np.concatenate(task_ids) if task_ids else np.zeros(0, dtype=np.int16)
         self.starts = np.cumsum([0, *(len(r) for r in rows)])
         lengths, truncated = [], {}
         for encoded, file_rows in zip(self.files, rows, strict=True):
@@ -331,7 +339,7 @@ class VLMCollator:
 
     pad_token_id: int
     padding_side: str = "right"
-    keep: tuple[str, ...] = field(default=("task_ids", "data_errors"))
+    keep: tuple[str, ...] = field(default=("task_ids", "data_errors", "sample_ids"))
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         longest = max(len(f["input_ids"]) for f in features)
@@ -350,4 +358,6 @@ class VLMCollator:
             batch["pixel_values"] = torch.cat(pixels, dim=0)
         batch["task_ids"] = torch.tensor([f.get("task_id", 0) for f in features], dtype=torch.long)
         batch["data_errors"] = [e for f in features for e in f.get("data_errors", [])]
+        if any("sample_id" in f for f in features):  # streamed samples name themselves
+            batch["sample_ids"] = [f.get("sample_id") for f in features]
         return batch

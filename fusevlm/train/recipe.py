@@ -36,7 +36,8 @@ class DataEntry:
     path: str
     image_root: str | None = None
     task: str | None = None
-    num_samples: int | None = None
+    num_samples: int | None = None  # streamed: the entry's mixing weight
+    streaming: bool = False  # read as it is trained on (Parquet / WebDataset shards, a datasets streaming source)
 
 
 @dataclass
@@ -94,6 +95,15 @@ class Recipe:
             raise RecipeError(f"{where}: on_bad_sample must be error or skip, got {self.on_bad_sample!r}")
         if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 1:
             raise RecipeError(f"{where}: preprocessing_num_workers must be at least 1, got {self.preprocessing_num_workers}")
+        streamed = {entry.streaming for entry in self.data}
+        if len(streamed) > 1:
+            raise RecipeError(f"{where}: data mixes streamed and cached entries; stream all of them or none")
+        if True in streamed:
+            if self.group_by_modality_length:
+                raise RecipeError(f"{where}: group_by_modality_length needs every sample's length up front, which a "
+                                  "streamed dataset does not have (use packing: true to save the padding)")
+            if int(self.training.get("max_steps", -1)) <= 0:
+                raise RecipeError(f"{where}: streamed data has no length: set max_steps")
         if self.vision_lr is not None and not self.train_vision:
             raise RecipeError(f"{where}: vision_lr is set but train_vision is false")
 
