@@ -103,8 +103,11 @@ def child(recipe_path: str, started: str, result_path: str) -> None:
             if state.global_step == 0:
                 Path(result_path).write_text(json.dumps({
                     "first_step_s": time.time() - float(started),
+                    "cpu_s": time.process_time(),  # this process's CPU time: steadier than wall time on a busy machine
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                    "workers_cpu_s": sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f)
+                                         for f in ("ru_utime", "ru_stime")),
                 }))
 
     train(load_recipe(recipe_path), callbacks=[FirstStep()])
@@ -152,9 +155,14 @@ def main() -> None:
             (meta_file,) = cache.glob("encoded/*/meta.json")
             meta = json.loads(meta_file.read_text())
             second = run_once(path, root / "second.json")
+            # CPU spent building (the workers', and the main process's beyond what a cache hit costs): the rate
+            # two idle cores would give, whatever else the machine was running meanwhile.
+            build_cpu = first["workers_cpu_s"] + max(first["cpu_s"] - second["cpu_s"], 0.0)
             rows.append({"records": n, "file_mb": data.stat().st_size / 2**20, "write_s": written,
                          "first": first, "second": second, "build_s": meta["build_seconds"],
-                         "build_records_per_s": n / meta["build_seconds"], "num_proc": meta["num_proc"]})
+                         "build_records_per_s": n / meta["build_seconds"], "num_proc": meta["num_proc"],
+                         "build_cpu_us_per_record": build_cpu / n * 1e6,
+                         "idle_records_per_s": args.num_proc / (build_cpu / n) if build_cpu else None})
             data.unlink()
             print(f"{n} records: first {first['first_step_s']:.1f} s, second {second['first_step_s']:.1f} s",
                   flush=True)
@@ -165,9 +173,10 @@ def main() -> None:
             (row["second"]["peak_rss_mb"] - base["second"]["peak_rss_mb"]) * 2**20 / span if span else None)
         row["second_vs_smallest"] = row["second"]["first_step_s"] / base["second"]["first_step_s"]
     print_table(
-        ["records", "file MB", "1st run: to step s", "tokenize rec/s", "RSS MB (workers)", "2nd run: to step s",
-         "x smallest", "RSS MB", "RSS B/record"],
+        ["records", "file MB", "1st run: to step s", "tokenize rec/s", "CPU us/rec", "RSS MB (workers)",
+         "2nd run: to step s", "x smallest", "RSS MB", "RSS B/record"],
         [[r["records"], round(r["file_mb"], 1), r["first"]["first_step_s"], round(r["build_records_per_s"]),
+          round(r["build_cpu_us_per_record"], 1),
           f"{r['first']['peak_rss_mb']:.0f} ({r['first']['workers_peak_rss_mb']:.0f})", r["second"]["first_step_s"],
           r["second_vs_smallest"], round(r["second"]["peak_rss_mb"]),
           "" if r["rss_growth_bytes_per_record"] is None else round(r["rss_growth_bytes_per_record"], 1)]
@@ -181,7 +190,8 @@ def main() -> None:
               f"min once; later runs and resumes start in about {last['second']['first_step_s']:.0f} s with "
               f"{base['second']['peak_rss_mb'] + per_record * SEED_RECORDS / 2**20:.0f} MB per rank")
     print(f"targets: 2nd run x smallest <= 1.5 ({last['second_vs_smallest']:.2f}); RSS growth <= 200 B/record "
-          f"({last['rss_growth_bytes_per_record']}); tokenizing >= 20000 records/s ({last['build_records_per_s']:.0f})")
+          f"({last['rss_growth_bytes_per_record']}); tokenizing >= 20000 records/s ({last['build_records_per_s']:.0f}"
+          f" measured; {args.num_proc} idle cores at the CPU time it took: {last['idle_records_per_s'] or 0:.0f})")
     write_json(args.json, {"sizes": sizes, "num_proc": args.num_proc, "images": args.images, "rows": rows})
 
 

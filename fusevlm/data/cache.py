@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
 CACHE_ENV = "FUSEVLM_CACHE"
 META_FILE = "meta.json"
+# Rows per Arrow record batch: opening a cache reads every batch header, and the pages the OS reads around each
+# one count in RSS, so few large batches keep start-up memory flat.
+WRITER_BATCH_ROWS = 65536
 READER, TOKENIZER = "reader", "tokenizer"
 
 
@@ -164,7 +167,8 @@ def _list_array(arrays: list[np.ndarray]) -> Any:
 
 
 def _fit(result: Any, record: Any, processor: Any, limit: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """Token ids and labels of one record within ``model_max_length``, or the DataError that makes it bad.
+    """Token ids and labels of one record within ``model_max_length`` (ids, labels, length the model sees,
+    truncated?), or the DataError that makes it bad.
 
     A conversation longer than the limit whose images all fit is truncated (text only), as LLaVA does; one that
     would lose part of an image, or every trained token, is a bad sample.
@@ -173,20 +177,22 @@ def _fit(result: Any, record: Any, processor: Any, limit: int) -> tuple[np.ndarr
     if isinstance(result, Exception):
         raise DataError(str(result), reason="template", **where) from result
     ids, labels = result
-    expanded_ids, expanded_labels = processor.expand_image_tokens_ids(ids, labels)
-    truncated = len(expanded_ids) > limit
+    is_image = ids == processor.image_token_id
+    images = int(is_image.sum())
+    length = len(ids) + images * (processor.image_seq_length - 1)
+    truncated = length > limit
     if truncated:
+        expanded_ids, _ = processor.expand_image_tokens_ids(ids, labels)
         if (expanded_ids[limit:] == processor.image_token_id).any():
-            raise DataError(f"{len(expanded_ids)} tokens; model_max_length {limit} would cut an image span",
+            raise DataError(f"{length} tokens; model_max_length {limit} would cut an image span",
                             reason="too_long", **where)
-        expanded_labels = expanded_labels[:limit]
-        # The same cut in the stored (unexpanded) tokens: every image lies before it, so it is a text position.
-        keep = limit - int((ids == processor.image_token_id).sum()) * (processor.image_seq_length - 1)
-        ids, labels = ids[:keep], labels[:keep]
-    if (expanded_labels == -100).all():
+        # Every image lies before the cut, so in the stored (unexpanded) tokens it falls at a text position.
+        keep = limit - images * (processor.image_seq_length - 1)
+        ids, labels, is_image, length = ids[:keep], labels[:keep], is_image[:keep], limit
+    if not ((labels != -100) & ~is_image).any():
         raise DataError("no assistant tokens left to train (after truncation to model_max_length)",
                         reason="no_labels", **where)
-    return ids, labels, min(len(expanded_ids), limit), truncated
+    return ids, labels, length, truncated
 
 
 # ---- the cache folder -------------------------------------------------------------------------------------------
@@ -336,7 +342,8 @@ def _build(path: Path, processor: Any, spec: EncodeSpec, folder: Path, num_proc:
             num_proc=workers if workers > 1 else None,
             fn_kwargs={"processor": processor, "spec": spec, "parts": parts},
             features=datasets.Features.from_arrow_schema(_schema()), cache_file_name=str(folder / "encoded.arrow"),
-            new_fingerprint=folder.name, desc=f"tokenizing {path.name} ({workers} processes)",
+            writer_batch_size=WRITER_BATCH_ROWS,
+            new_fingerprint=folder.name, desc=f"tokenizing {path.name}",
         )
         shards = [Path(f["filename"]).name for f in encoded.cache_files]
         del encoded

@@ -123,3 +123,17 @@ def test_a_resumed_run_sees_exactly_the_samples_an_uninterrupted_one_does(parts,
     assert stopped == whole[:3]
     resumed = run(parts, shards, tmp_path / "part", max_steps=7, resume=tmp_path / "part" / "checkpoint-2")
     assert resumed == whole[2:]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"group_by_modality_length": True}, "group_by_modality_length needs every sample's length"),
+    ({"max_steps": -1}, "streamed data has no length: set max_steps"),
+    ({"data": [{"path": "a.tar", "streaming": True}, {"path": "b.json"}]}, "mixes streamed and cached entries"),
+])
+def test_what_a_stream_cannot_do_is_refused(parts, change, message):
+    from fusevlm.train.recipe import RecipeError
+
+    values = {"model": {"vision": parts[0], "llm": parts[1]}, "output_dir": "out", "max_steps": 2,
+              "data": [{"path": "a.tar", "streaming": True}], **change}
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict(values)
