@@ -161,13 +161,13 @@ def main() -> None:
             rows.append({"records": n, "file_mb": data.stat().st_size / 2**20, "write_s": written,
                          "first": first, "second": second, "build_s": meta["build_seconds"],
                          "build_records_per_s": n / meta["build_seconds"], "num_proc": meta["num_proc"],
-                         "build_cpu_us_per_record": build_cpu / n * 1e6,
-                         "idle_records_per_s": args.num_proc / (build_cpu / n) if build_cpu else None})
+                         "build_cpu_us_per_record": build_cpu / n * 1e6 if first["workers_cpu_s"] else None,
+                         "idle_records_per_s": args.num_proc / (build_cpu / n) if first["workers_cpu_s"] else None})
             data.unlink()
             print(f"{n} records: first {first['first_step_s']:.1f} s, second {second['first_step_s']:.1f} s",
                   flush=True)
     base = rows[0]
-    for row in rows:
+    for row in rows:  # (a file of one chunk is built in the training process itself: no workers to time)
         span = row["records"] - base["records"]
         row["rss_growth_bytes_per_record"] = (
             (row["second"]["peak_rss_mb"] - base["second"]["peak_rss_mb"]) * 2**20 / span if span else None)
@@ -176,7 +176,7 @@ def main() -> None:
         ["records", "file MB", "1st run: to step s", "tokenize rec/s", "CPU us/rec", "RSS MB (workers)",
          "2nd run: to step s", "x smallest", "RSS MB", "RSS B/record"],
         [[r["records"], round(r["file_mb"], 1), r["first"]["first_step_s"], round(r["build_records_per_s"]),
-          round(r["build_cpu_us_per_record"], 1),
+          "" if r["build_cpu_us_per_record"] is None else round(r["build_cpu_us_per_record"], 1),
           f"{r['first']['peak_rss_mb']:.0f} ({r['first']['workers_peak_rss_mb']:.0f})", r["second"]["first_step_s"],
           r["second_vs_smallest"], round(r["second"]["peak_rss_mb"]),
           "" if r["rss_growth_bytes_per_record"] is None else round(r["rss_growth_bytes_per_record"], 1)]

@@ -137,3 +137,29 @@ def test_what_a_stream_cannot_do_is_refused(parts, change, message):
               "data": [{"path": "a.tar", "streaming": True}], **change}
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict(values)
+
+
+def test_a_bad_streamed_record_is_skipped_and_travels_with_the_next_sample(tmp_path, processor):
+    turns = json.dumps([{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "yes"}])
+    rows = [{"id": "a", "conversations": turns}, {"id": "bad", "conversations": "[{"}, {"id": "c", "conversations": turns}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    items = list(StreamingDataset([Source(str(tmp_path / "d.parquet"))], processor, model_max_length=64,
+                                  on_bad_sample="skip"))
+    assert [item["sample_id"] for item in items] == ["a", "c"]
+    (error,) = items[1]["data_errors"]
+    assert error["reason"] == "bad_json" and "record 1 (id 'bad'), field 'conversations'" in error["message"]
+    with pytest.raises(Exception, match="malformed JSON string"):
+        list(StreamingDataset([Source(str(tmp_path / "d.parquet"))], processor, model_max_length=64))
+
+
+def test_streamed_samples_train_packed(parts, shards, tmp_path):
+    values = {
+        "model": {"vision": parts[0], "projector": "mlp2x_gelu", "llm": parts[1]},
+        "data": [{"path": str(shards), "streaming": True}], "output_dir": str(tmp_path / "out"), "stage": "align",
+        "template": "plain", "model_max_length": 128, "per_device_train_batch_size": 4, "max_steps": 2,
+        "packing": True, "save_strategy": "no", "seed": 0, "disable_tqdm": True, "report_to": "none",
+    }
+    out = train(recipe_from_dict(values))
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["skipped"] == 0 and report["samples"] is None
+    assert (out / "model.safetensors").is_file()
