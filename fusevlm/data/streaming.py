@@ -30,10 +30,12 @@ from .images import apply_aspect, load_image, mean_color
 from .records import _image_root, _iter_rows, _Row, _row_to_record, image_path_ref
 
 IMAGE_FIELD_PREFIX = "image"  # WebDataset members <key>.image<k>.<ext>
+SAVED_SHARDS = 64  # a saved dataset streams in this many shards, to share out among ranks and workers
 
 
 def raw_stream(path: str | Path) -> tuple[Any, str]:
-    """The rows of one streamed entry as a ``datasets.IterableDataset``, and its format."""
+    """The rows of one streamed entry as a ``datasets.IterableDataset``, and its format: Parquet or WebDataset
+    shards, a saved ``datasets`` folder, or any folder ``datasets.load_dataset`` reads (JSON Lines files, say)."""
     import datasets
 
     path = Path(path)
@@ -45,6 +47,9 @@ def raw_stream(path: str | Path) -> tuple[Any, str]:
         stream = datasets.load_dataset("webdataset", data_files=[str(f) for f in files], split="train",
                                        streaming=True)
         return stream.decode(False), "webdataset"  # images stay {"bytes", "path"}: our loader decodes them
+    if (path / "state.json").is_file():  # a folder written by Dataset.save_to_disk, streamed in shards
+        saved = datasets.load_from_disk(str(path))
+        return saved.to_iterable_dataset(num_shards=min(SAVED_SHARDS, max(len(saved), 1))), "datasets"
     return datasets.load_dataset(str(path), split="train", streaming=True), "datasets"
 
 

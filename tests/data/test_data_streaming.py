@@ -163,3 +163,19 @@ def test_streamed_samples_train_packed(parts, shards, tmp_path):
     report = json.loads((out / "data_report.json").read_text())
     assert report["skipped"] == 0 and report["samples"] is None
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("kind", ["jsonl folder", "saved dataset"])
+def test_datasets_sources_stream_too(tmp_path, processor, kind):
+    import datasets
+
+    rows = [{"id": f"t{i}", "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": f"{i}"}]}
+            for i in range(6)]
+    folder = tmp_path / "source"
+    if kind == "jsonl folder":
+        folder.mkdir()
+        (folder / "part.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+    seen = ids_of(StreamingDataset([Source(str(folder))], processor, model_max_length=64), workers=2)
+    assert sorted(seen) == sorted(r["id"] for r in rows)
