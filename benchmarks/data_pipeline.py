@@ -1,7 +1,7 @@
 """Data pipeline throughput against the training step it feeds (issue 8: >= 5x with 2 workers at the tiny config).
 
 The pipeline is the real one: LLaVA-format records of the synthetic 64 px dataset (``fusevlm.data.synthetic``),
-``ConversationDataset`` (tokenizes every record up front; then per sample: read + decode the PNG, pad to square,
+``ConversationDataset`` (every record tokenized once into the cache up front; then per sample: read + decode the PNG, pad to square,
 the image processor) and the collator, through ``torch.utils.data.DataLoader`` with 0, 1 and 2 workers. The step
 rate is a full training step (forward, backward, AdamW) of the tiny config on the same batches, in the same run.
 Workers start before the clock (steady state). Tokenization runs once before training and is reported apart.
@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader
 
 from fusevlm import build_vlm
 from fusevlm.data import synthetic
-from fusevlm.data.dataset import ConversationDataset, VLMCollator
+from fusevlm.data.dataset import ConversationDataset, Source, VLMCollator, load_mixture
 from fusevlm.data.packing import PackingCollator, without_cache
-from fusevlm.data.records import read_records
 from fusevlm.data.tokenizer import train_tokenizer
 
 DATA_IMAGE_SIZE = 64  # the synthetic pictures; the tiny tower reads 32 px, so every image is resized
@@ -126,10 +125,10 @@ def main() -> None:
         root = Path(tmp)
         synthetic.generate(root / "data", num_train=samples, num_eval=8, num_align=8, image_size=DATA_IMAGE_SIZE)
         model, processor = tiny_parts(root / "parts", list(synthetic.training_texts(root / "data")))
-        records = read_records(str(root / "data" / "train.json"), image_root=str(root / "data" / "images"))
+        source = Source(str(root / "data" / "train.json"), image_root=str(root / "data" / "images"))
         started = time.perf_counter()
-        dataset = ConversationDataset(records, processor, model_max_length=128)
-        tokenize_rate = len(records) / (time.perf_counter() - started)
+        dataset = load_mixture([source], processor, model_max_length=128, cache_dir=root / "cache")
+        tokenize_rate = len(dataset) / (time.perf_counter() - started)
         pad_id = processor.tokenizer.pad_token_id
         collator = PackingCollator(pad_id, 128) if args.packing else VLMCollator(pad_token_id=pad_id)
 

@@ -28,9 +28,8 @@ import torch
 from PIL import Image
 
 from fusevlm import build_vlm
-from fusevlm.data.dataset import ConversationDataset, VLMCollator
+from fusevlm.data.dataset import Source, VLMCollator, load_mixture
 from fusevlm.data.packing import PackingCollator, pack_rows, per_sample_losses, without_cache
-from fusevlm.data.records import read_records
 from fusevlm.data.tokenizer import train_tokenizer
 
 IMAGE_SIZE, PATCH, WIDTH, LAYERS = 32, 8, 64, 2
@@ -142,8 +141,8 @@ def main() -> None:
         path = write_mixture(root / "data", total, max_words=args.max_length // 2)
         texts = [t["value"] for r in json.loads(path.read_text()) for t in r["conversations"]]
         model, processor = tiny_model(root / "parts", texts, args.max_length)
-        records = read_records(str(path), image_root=str(root / "data" / "images"))
-        dataset = ConversationDataset(records, processor, model_max_length=args.max_length)
+        source = Source(str(path), image_root=str(root / "data" / "images"))
+        dataset = load_mixture([source], processor, model_max_length=args.max_length, cache_dir=root / "cache")
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
         samples = [dataset[i] for i in order]
 

@@ -108,6 +108,31 @@ def _train(parser: argparse.ArgumentParser):
     return run
 
 
+@command("data", "check a recipe's data ahead of a run: fusevlm data check RECIPE.yaml [--out report.json]")
+def _data(parser: argparse.ArgumentParser):
+    actions = parser.add_subparsers(dest="action", required=True)
+    check = actions.add_parser("check", help="every record and every image (opened and decoded), in parallel")
+    check.add_argument("recipe", type=Path, help="a YAML recipe: its data entries are checked")
+    check.add_argument("overrides", nargs="*", help="recipe overrides, as for fusevlm train")
+    check.add_argument("--num-proc", type=int, default=None, help="processes (default: the CPU count)")
+    check.add_argument("--out", type=Path, default=None, help="write the report here (data_report.json's format)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from .data.check import check_records
+        from .train.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        report = check_records(recipe.data, num_proc=args.num_proc, progress=not args.no_progress)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            report.save(args.out)
+        print(report.summary())
+        return 1 if report.skipped else 0
+
+    return run
+
+
 @command("score", "score an answers file in a benchmark's submission format, with no model loaded")
 def _score(parser: argparse.ArgumentParser):
     parser.add_argument("--benchmark", required=True, help="vqav2 | textvqa | vizwiz | gqa | mmbench | mmbench_cn | ...")

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from jinja2.exceptions import TemplateError
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
-from .templates import CHATML, assistant_char_spans, has_generation_marks
+from .templates import (
+    BATCH_VARIABLE,
+    CHATML,
+    MARKS,
+    assistant_char_spans,
+    batch_template,
+    has_generation_marks,
+    split_marked,
+)
 
+IGNORE_INDEX = -100
 PROCESSOR_CONFIG = "processor_config.json"
 IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -245,47 +256,128 @@ class FuseVLMProcessor:
     def tokenize_chat(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = False, chat_template: str | None = None
     ) -> dict[str, list[int]]:
-        """The token ids and labels of a conversation, each ``<image>`` expanded to M image tokens (never trained)."""
-        messages = [{**m, "content": flatten_content(m["content"], self.image_token)} for m in messages]
-        ids, trained = self._tokenize_with_assistant_mask(
-            messages, add_generation_prompt, chat_template or self.chat_template
-        )
-        input_ids, labels = [], []
-        for token, is_trained in zip(ids, trained, strict=True):
-            if token == self.image_token_id:
-                input_ids += [token] * self.image_seq_length
-                labels += [-100] * self.image_seq_length
-            else:
-                input_ids.append(token)
-                labels.append(token if is_trained else -100)
-        return {"input_ids": input_ids, "labels": labels}
+        """The token ids and labels of a conversation, each ``<image>`` expanded to M image tokens (never trained).
 
-    def _tokenize_with_assistant_mask(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool, chat_template: str
-    ) -> tuple[list[int], list[int]]:
-        kwargs = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt}
-        if has_generation_marks(chat_template):
-            encoded = self.tokenizer.apply_chat_template(
-                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
+        One conversation through ``tokenize_chats``: training's cache, evaluation and serving share that path.
+        """
+        (result,) = self.tokenize_chats([messages], add_generation_prompt, chat_template)
+        if isinstance(result, Exception):
+            raise result
+        input_ids, labels = self.expand_image_tokens_ids(*result)
+        return {"input_ids": input_ids.tolist(), "labels": labels.tolist()}
+
+    def tokenize_chats(
+        self,
+        conversations: Sequence[list[dict[str, Any]]],
+        add_generation_prompt: bool = False,
+        chat_template: str | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+        """Many conversations at once: per conversation its token ids and labels (int32, ``<image>`` NOT yet
+        expanded: ``expand_image_tokens_ids`` does that), or the exception its template raised.
+
+        A template with ``{% generation %}`` marks renders the whole batch in one call (``batch_template``); if
+        that fails, each conversation is rendered alone, so a template error belongs to its record. The texts are
+        tokenized in one batch call of the fast tokenizer. A token is trained when it overlaps an assistant span
+        (a generation block, or for templates without marks a reply found by rendering growing prefixes,
+        ``assistant_char_spans``): the rule of ``apply_chat_template``'s ``return_assistant_tokens_mask``.
+        """
+        template = chat_template or self.chat_template
+        chats = [[m if isinstance(m["content"], str) else {**m, "content": flatten_content(m["content"], self.image_token)}
+                  for m in messages] for messages in conversations]
+        rendered = self._render_batch(chats, add_generation_prompt, template) if has_generation_marks(template) else None
+        results: list[Any] = [None] * len(chats)
+        texts, spans, positions = [], [], []
+        for position, messages in enumerate(chats):
+            try:
+                text, assistant = (rendered[position] if rendered is not None
+                                   else self._render_one(messages, add_generation_prompt, template))
+            except (ValueError, TypeError, TemplateError) as err:  # the template's raise_exception, or a bad value
+                results[position] = err
+                continue
+            texts.append(text)
+            spans.append(assistant)
+            positions.append(position)
+        if not texts:
+            return results
+        for position, (ids, offsets), assistant in zip(positions, self._encode_texts(texts), spans, strict=True):
+            ids = np.asarray(ids, dtype=np.int32)
+            trained = np.zeros(len(ids), dtype=bool)
+            if assistant:
+                offsets = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(ids)).reshape(-1, 2)
+                for start, end in assistant:
+                    trained |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
+            results[position] = (ids, np.where(trained, ids, np.int32(IGNORE_INDEX)).astype(np.int32))
+        return results
+
+    def _encode_texts(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Token ids and character offsets of rendered chats, as ``tokenizer(texts, add_special_tokens=False)``.
+
+        The tokenizer's call turns every encoding into Python lists of five fields (half the cost of a record
+        here). Its first text goes through that call, which also sets the Rust tokenizer up as the call does (no
+        truncation or padding, its special-token splitting); the rest go to the same Rust ``encode_batch``.
+        """
+        first = self.tokenizer(texts[:1], add_special_tokens=False, return_offsets_mapping=True)
+        out = [(first["input_ids"][0], first["offset_mapping"][0])]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if len(texts) > 1 and backend is not None:
+            out += [(e.ids, e.offsets) for e in backend.encode_batch(texts[1:], add_special_tokens=False)]
+        elif len(texts) > 1:
+            rest = self.tokenizer(texts[1:], add_special_tokens=False, return_offsets_mapping=True)
+            out += list(zip(rest["input_ids"], rest["offset_mapping"], strict=True))
+        return out
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool, chat_template: str,
+                with_spans: bool = False, **variables: Any) -> Any:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, spans = render_jinja_template(
+            conversations=[messages], chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+            return_assistant_tokens_mask=with_spans, **self.tokenizer.special_tokens_map, **variables,
+        )
+        return (rendered[0], spans[0]) if with_spans else rendered[0]
+
+    def _render_batch(self, chats: list[list[dict[str, Any]]], add_generation_prompt: bool,
+                      chat_template: str) -> list[Any] | None:
+        """Texts and generation spans of many conversations from one render, or None where that cannot be used
+        (a template error somewhere in the batch, or text that holds the marks themselves)."""
+        if any(mark in m["content"] for messages in chats for m in messages for mark in MARKS):
+            return None
+        try:
+            # transformers' own compiled template (its sandbox, filters and globals), rendered directly: the chats
+            # are plain str/dict data already, which its render_jinja_template would copy first.
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            rendered = _compile_jinja_template(batch_template(chat_template)).render(
+                add_generation_prompt=add_generation_prompt, **self.tokenizer.special_tokens_map,
+                **{BATCH_VARIABLE: chats},
             )
-            return list(encoded["input_ids"]), list(encoded["assistant_masks"])
+        except Exception:  # a template error, or a template that cannot be looped: render one by one
+            return None
+        pieces = split_marked(rendered)
+        return pieces if len(pieces) == len(chats) else None
+
+    def _render_one(self, messages: list[dict[str, Any]], add_generation_prompt: bool,
+                    chat_template: str) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans of its trained (assistant) parts."""
+        if has_generation_marks(chat_template):
+            return self._render(messages, add_generation_prompt, chat_template, with_spans=True)
         # A template without generation marks: locate the replies by rendering growing prefixes.
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        text = self._render(messages, add_generation_prompt, chat_template)
 
         def render(prefix: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-            if not prefix:
-                return ""
-            return self.tokenizer.apply_chat_template(
-                prefix, tokenize=False, chat_template=chat_template, add_generation_prompt=add_generation_prompt
-            )
+            return self._render(prefix, add_generation_prompt, chat_template) if prefix else ""
 
-        spans = assistant_char_spans(render, messages, text)
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        trained = [
-            int(any(start < span_end and end > span_start for span_start, span_end in spans))
-            for start, end in encoded["offset_mapping"]
-        ]
-        return list(encoded["input_ids"]), trained
+        return text, assistant_char_spans(render, messages, text)
+
+    def expand_image_tokens_ids(self, input_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each image token repeated to the M positions the model fills (labels -100 there), as int64 arrays."""
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        is_image = input_ids == self.image_token_id
+        if not is_image.any():
+            return input_ids, labels
+        repeats = np.where(is_image, self.image_seq_length, 1)
+        return np.repeat(input_ids, repeats), np.repeat(np.where(is_image, IGNORE_INDEX, labels), repeats)
 
     def expand_image_tokens(self, text: str) -> str:
         return text.replace(self.image_token, self.image_token * self.image_seq_length)

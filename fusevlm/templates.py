@@ -9,6 +9,7 @@ the conversation (see ``assistant_char_spans``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 # LLaVA's alignment format: the image, then the caption, no chat markup; the user's words are dropped.
@@ -123,7 +124,9 @@ def get_template(name: str) -> str:
 
 
 def has_generation_marks(template: str) -> bool:
-    return "{% generation %}" in template or "{%- generation %}" in template
+    """Whether the template marks assistant content with ``{% generation %}`` (any whitespace control), as
+    transformers' ``render_jinja_template`` tells."""
+    return re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
 
 
 def assistant_char_spans(render: Any, messages: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
@@ -148,3 +151,47 @@ def assistant_char_spans(render: Any, messages: list[dict[str, Any]], text: str)
         end = len(upto.rstrip())
         spans.append((len(before), end))
     return spans
+
+
+# Rendering many conversations in one template call: the generation blocks leave marks (private-use characters) in
+# the text instead of being tracked one render at a time, and each conversation ends with a mark of its own.
+GENERATION_START, GENERATION_END, CONVERSATION_END = "\ue000", "\ue001", "\ue002"
+MARKS = (GENERATION_START, GENERATION_END, CONVERSATION_END)
+_GENERATION_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+_MARK_SPLIT = re.compile(f"([{GENERATION_START}{GENERATION_END}])")
+BATCH_VARIABLE = "fusevlm_conversations"
+
+
+def batch_template(template: str) -> str:
+    """``template`` looped over the conversations in ``fusevlm_conversations``, generation blocks as marks.
+
+    Each ``{% generation %}`` / ``{% endgeneration %}`` becomes an ``if`` block that writes a mark, with the same
+    whitespace control on the same side (a comment carries the trim that faced the block's content), so the text
+    between the marks is what the generation block renders.
+    """
+
+    def mark(match: re.Match) -> str:
+        left, end, right = match.groups()
+        if end:
+            return "{#" + left + " #}{{ '" + GENERATION_END + "' }}{% endif " + right + "%}"
+        return "{%" + left + " if true %}{{ '" + GENERATION_START + "' }}{# " + right + "#}"
+
+    body = _GENERATION_TAG.sub(mark, template)
+    return "{% for messages in " + BATCH_VARIABLE + " %}" + body + "{{ '" + CONVERSATION_END + "' }}{% endfor %}"
+
+
+def split_marked(rendered: str) -> list[tuple[str, list[tuple[int, int]]]]:
+    """A batch render as (text, character spans of its generation blocks) per conversation, the marks removed."""
+    out = []
+    for piece in rendered.split(CONVERSATION_END)[:-1]:
+        text, spans, length, start = [], [], 0, 0
+        for k, part in enumerate(_MARK_SPLIT.split(piece)):
+            if k % 2 == 0:
+                text.append(part)
+                length += len(part)
+            elif part == GENERATION_START:
+                start = length
+            else:
+                spans.append((start, length))
+        out.append(("".join(text), spans))
+    return out

@@ -22,3 +22,17 @@ def checkpoints(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory):
+    """Tokenized-dataset caches go to a folder of this session (runs started by tests inherit it)."""
+    import os
+
+    before = os.environ.get("FUSEVLM_CACHE")
+    os.environ["FUSEVLM_CACHE"] = str(tmp_path_factory.mktemp("fusevlm-cache"))
+    yield
+    if before is None:
+        os.environ.pop("FUSEVLM_CACHE", None)
+    else:
+        os.environ["FUSEVLM_CACHE"] = before

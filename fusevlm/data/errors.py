@@ -68,6 +68,14 @@ class DataError(ValueError):
             line=self.line if self.line is not None else line,
         )
 
+    def __reduce__(self) -> tuple:
+        # Pickled whole (worker processes send errors back): the default would keep only the message.
+        return _rebuild, (type(self), self.detail, self.location())
+
+    def location(self) -> dict:
+        return {"source": self.source, "index": self.index, "record_id": self.record_id, "field": self.field,
+                "reason": self.reason, "line": self.line}
+
     def to_dict(self) -> dict:
         return {
             "source": self.source,
@@ -77,6 +85,10 @@ class DataError(ValueError):
             "reason": self.reason,
             "message": str(self),
         }
+
+
+def _rebuild(cls: type[DataError], detail: str, location: dict) -> DataError:
+    return cls(detail, **location)
 
 
 class ImageError(DataError):

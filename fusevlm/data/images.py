@@ -37,18 +37,20 @@ class ImageRef:
     path: Path | None = None
     data: bytes | None = field(default=None, repr=False)
     label: str = ""
+    record_field: str | None = None  # the record's field it came from ("image", "images[1]"), where known
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
             raise ValueError("ImageRef needs exactly one of path or data")
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, label: str | None = None) -> ImageRef:
-        return cls(path=Path(path), label=label if label is not None else str(path))
+    def from_path(cls, path: str | os.PathLike, label: str | None = None, record_field: str | None = None) -> ImageRef:
+        path = path if isinstance(path, Path) else Path(path)
+        return cls(path=path, label=label if label is not None else str(path), record_field=record_field)
 
     @classmethod
-    def from_bytes(cls, data: bytes, label: str) -> ImageRef:
-        return cls(data=bytes(data), label=label)
+    def from_bytes(cls, data: bytes, label: str, record_field: str | None = None) -> ImageRef:
+        return cls(data=bytes(data), label=label, record_field=record_field)
 
     def __str__(self) -> str:
         return self.label or str(self.path)

@@ -109,6 +109,8 @@ class PackingCollator:
             batch["pixel_values"] = torch.cat(pixels, dim=0)
         batch["task_ids"] = torch.tensor([features[i].get("task_id", 0) for i in order], dtype=torch.long)
         batch["data_errors"] = [e for f in features for e in f.get("data_errors", [])]
+        if any("sample_id" in f for f in features):
+            batch["sample_ids"] = [features[i].get("sample_id") for i in order]
         return batch
 
 

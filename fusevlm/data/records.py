@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def _check_unique_id(record: Record, first_index_of_id: dict[tuple[str, str], in
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Raw rows, per format
+# Raw rows, per format, in chunks: a chunk is read on its own, so a large file is read by several processes
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -158,28 +159,67 @@ class _Row:
     error: DataError | None = None
 
 
-def _iter_rows(path: Path) -> Iterator[_Row]:
+@dataclass(frozen=True)
+class Chunk:
+    """A slice of one dataset that can be read without the rest: its rows are numbered from ``first_index``.
+
+    ``start``/``end`` are byte offsets (``json``: whole array elements; ``jsonl``: whole lines, the first being
+    line ``first_line``), a Parquet row group (``start``) or a row range of a saved dataset. ``source`` is what
+    its records name: the file, or the Parquet shard of a folder (a shard's records are numbered from 0).
+    """
+
+    kind: str
+    source: str
+    first_index: int
+    start: int
+    end: int
+    first_line: int = 1
+
+
+JSONL_CHUNK_BYTES = 4 << 20
+JSON_CHUNK_RECORDS = 8192
+HF_CHUNK_ROWS = 8192
+
+
+def plan_chunks(path: str | os.PathLike) -> list[Chunk]:
+    """Split a dataset into chunks. Whole-file problems (unreadable, not a JSON list, ...) raise here."""
+    path = Path(path)
     if path.is_dir():
-        yield from _rows_folder(path)
-    elif not path.exists():
+        return _plan_folder(path)
+    if not path.exists():
         raise DataError("data file not found", source=str(path), reason="missing_file")
-    elif path.suffix == ".json":
-        yield from _rows_json(path)
-    elif path.suffix == ".jsonl":
-        yield from _rows_jsonl(path)
-    elif path.suffix == ".parquet":
-        yield from _rows_parquet(path)
-    else:
-        raise DataError(
-            "unknown data format; expected .json, .jsonl, .parquet or a dataset folder",
-            source=str(path),
-            reason="unknown_format",
-        )
+    if path.suffix == ".json":
+        return _plan_json(path)
+    if path.suffix == ".jsonl":
+        return _plan_jsonl(path)
+    if path.suffix == ".parquet":
+        return _plan_parquet(path)
+    raise DataError(
+        "unknown data format; expected .json, .jsonl, .parquet or a dataset folder",
+        source=str(path),
+        reason="unknown_format",
+    )
 
 
-def _rows_json(path: Path) -> Iterator[_Row]:
-    # A JSON list is parsed in one go, so one bad byte makes the whole file unreadable: always an error.
+def read_chunk(chunk: Chunk) -> Iterator[_Row]:
+    readers = {"json": _rows_json, "jsonl": _rows_jsonl, "parquet": _rows_parquet, "hf": _rows_hf_dataset}
+    return readers[chunk.kind](chunk)
+
+
+def _iter_rows(path: Path) -> Iterator[_Row]:
+    for chunk in plan_chunks(path):
+        yield from read_chunk(chunk)
+
+
+# -- JSON: a list parsed element by element, so memory holds one record's objects at a time ----------------------
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _plan_json(path: Path) -> list[Chunk]:
+    # One bad byte or bracket makes a JSON list unreadable as a whole: always an error, raised before any record.
     data = path.read_bytes()
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -187,32 +227,99 @@ def _rows_json(path: Path) -> Iterator[_Row]:
         raise DataError(
             f"file is not valid UTF-8 (byte {err.start})", source=str(path), line=line, reason="not_utf8"
         ) from None
+    del data
+    pos = _WHITESPACE.match(text, 0).end()
+    if not text.startswith("[", pos):
+        items = _json_or_error(lambda: json.loads(text), path)
+        raise DataError(
+            f"expected a JSON list of records, got {type(items).__name__}", source=str(path), reason="bad_type"
+        )
+    starts = _json_or_error(lambda: list(_array_elements(text, pos + 1, whole=True, every=JSON_CHUNK_RECORDS)), path)
+    ascii_only = text.isascii()
+
+    def offset(char: int) -> int:
+        return bom + (char if ascii_only else len(text[:char].encode("utf-8")))
+
+    ends = [*starts[1:], None]
+    chunks = []
+    for k, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        end_byte = bom + len(text.encode("utf-8")) if end is None else offset(end)
+        chunks.append(Chunk("json", str(path), k * JSON_CHUNK_RECORDS, offset(start), end_byte))
+    return chunks
+
+
+def _json_or_error(parse: Any, path: Path) -> Any:
     try:
-        items = json.loads(text)
+        return parse()
     except json.JSONDecodeError as err:
         raise DataError(
-            f"malformed JSON: {err.msg} (column {err.colno})",
-            source=str(path),
-            line=err.lineno,
-            reason="bad_json",
+            f"malformed JSON: {err.msg} (column {err.colno})", source=str(path), line=err.lineno, reason="bad_json"
         ) from None
-    if not isinstance(items, list):
-        raise DataError(
-            f"expected a JSON list of records, got {type(items).__name__}",
-            source=str(path),
-            reason="bad_type",
-        )
-    for index, item in enumerate(items):
-        yield _Row(str(path), index, item)
 
 
-def _rows_jsonl(path: Path) -> Iterator[_Row]:
-    # Lines are independent, so a bad line is a bad record (skippable), named by its line number.
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
+def _array_elements(text: str, pos: int, *, whole: bool, every: int = 1) -> Iterator[Any]:
+    """The elements of a JSON array from ``pos`` (just past ``[`` or a ``,``); with ``every`` > 1, only the start
+    offset of every ``every``-th element. ``whole``: the text is the entire file, so the array must close and
+    nothing may follow; otherwise the text is a chunk that ends after an element's comma or the closing bracket."""
+    count = 0
+    pos = _WHITESPACE.match(text, pos).end()
+    if whole and text.startswith("]", pos):
+        pos += 1
+    else:
+        while pos < len(text):
+            start = pos
+            value, pos = _DECODER.raw_decode(text, pos)
+            if every == 1:
+                yield value
+            elif count % every == 0:
+                yield start
+            count += 1
+            pos = _WHITESPACE.match(text, pos).end()
+            if text.startswith(",", pos):
+                pos = _WHITESPACE.match(text, pos + 1).end()
                 continue
-            yield _parse_jsonl_line(raw, str(path), line_no)
+            if text.startswith("]", pos):
+                pos += 1
+                break
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+        else:
+            if whole:
+                raise json.JSONDecodeError("Expecting value", text, pos)
+    if whole and _WHITESPACE.match(text, pos).end() != len(text):
+        raise json.JSONDecodeError("Extra data", text, pos)
+
+
+def _read_range(path: str, start: int, end: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        return handle.read(end - start)
+
+
+def _rows_json(chunk: Chunk) -> Iterator[_Row]:
+    text = _read_range(chunk.source, chunk.start, chunk.end).decode("utf-8")
+    for k, item in enumerate(_array_elements(text, 0, whole=False)):
+        yield _Row(chunk.source, chunk.first_index + k, item)
+
+
+# -- JSONL: lines are independent, so a bad line is a bad record (skippable), named by its line number -----------
+def _plan_jsonl(path: Path) -> list[Chunk]:
+    chunks, start, line = [], 0, 1
+    with path.open("rb") as handle:
+        while block := handle.read(JSONL_CHUNK_BYTES):
+            block += handle.readline()  # a chunk ends with a whole line
+            chunks.append(Chunk("jsonl", str(path), line - 1, start, start + len(block), first_line=line))
+            line += block.count(b"\n")
+            start += len(block)
+    return chunks
+
+
+def _rows_jsonl(chunk: Chunk) -> Iterator[_Row]:
+    lines = _read_range(chunk.source, chunk.start, chunk.end).split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the chunk's last newline
+    for k, raw in enumerate(lines):
+        if raw.strip():
+            yield _parse_jsonl_line(raw, chunk.source, chunk.first_line + k)
 
 
 def _parse_jsonl_line(raw: bytes, source: str, line_no: int) -> _Row:
@@ -229,22 +336,38 @@ def _parse_jsonl_line(raw: bytes, source: str, line_no: int) -> _Row:
     return row
 
 
-def _rows_parquet(path: Path) -> Iterator[_Row]:
+# -- Parquet: one chunk per row group --------------------------------------------------------------------------
+def _plan_parquet(path: Path) -> list[Chunk]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
-        index = 0
-        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH):
-            for value in batch.to_pylist():
-                yield _Row(str(path), index, value)
-                index += 1
+        metadata = pq.ParquetFile(path).metadata
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"cannot read Parquet file: {err}", source=str(path), reason="bad_file") from None
+    chunks, index = [], 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        chunks.append(Chunk("parquet", str(path), index, group, group + 1))
+        index += rows
+    return chunks
 
 
-def _rows_folder(path: Path) -> Iterator[_Row]:
+def _rows_parquet(chunk: Chunk) -> Iterator[_Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(chunk.source).read_row_group(chunk.start)
+        for offset in range(0, table.num_rows, _PARQUET_BATCH):
+            for k, value in enumerate(table.slice(offset, _PARQUET_BATCH).to_pylist()):
+                yield _Row(chunk.source, chunk.first_index + offset + k, value)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"cannot read Parquet file: {err}", source=chunk.source, reason="bad_file") from None
+
+
+# -- folders: Parquet shards, or a saved Hugging Face dataset ----------------------------------------------------
+def _plan_folder(path: Path) -> list[Chunk]:
     if (path / "dataset_dict.json").exists():
         splits = sorted(child.name for child in path.iterdir() if child.is_dir())
         raise DataError(
@@ -253,8 +376,9 @@ def _rows_folder(path: Path) -> Iterator[_Row]:
             reason="bad_file",
         )
     if (path / "state.json").exists():
-        yield from _rows_hf_dataset(path)
-        return
+        rows = len(_load_hf_dataset(str(path)))
+        return [Chunk("hf", str(path), start, start, min(start + HF_CHUNK_ROWS, rows))
+                for start in range(0, rows, HF_CHUNK_ROWS)]
     shards = sorted(path.glob("*.parquet"))
     if not shards:
         raise DataError(
@@ -262,25 +386,31 @@ def _rows_folder(path: Path) -> Iterator[_Row]:
             source=str(path),
             reason="bad_file",
         )
-    for shard in shards:
-        yield from _rows_parquet(shard)
+    return [chunk for shard in shards for chunk in _plan_parquet(shard)]
 
 
-def _rows_hf_dataset(path: Path) -> Iterator[_Row]:
-    import datasets
+_HF_DATASETS: dict[str, Any] = {}
 
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except Exception as err:  # datasets raises many types for a damaged folder; all mean "cannot read"
-        raise DataError(f"cannot load dataset folder: {err}", source=str(path), reason="bad_file") from None
+
+def _load_hf_dataset(path: str) -> Any:
+    # Opened once per process (memory-mapped); every chunk of the folder reads from it.
+    if path not in _HF_DATASETS:
+        import datasets
+
+        try:
+            _HF_DATASETS[path] = datasets.load_from_disk(path)
+        except Exception as err:  # datasets raises many types for a damaged folder; all mean "cannot read"
+            raise DataError(f"cannot load dataset folder: {err}", source=path, reason="bad_file") from None
+    return _HF_DATASETS[path]
+
+
+def _rows_hf_dataset(chunk: Chunk) -> Iterator[_Row]:
     # The arrow format gives raw values: image columns stay {"bytes", "path"} structs instead of decoded PIL
     # images, so the images go through load_image like any other.
-    index = 0
-    for table in dataset.with_format("arrow").iter(batch_size=_PARQUET_BATCH):
-        for value in table.to_pylist():
-            yield _Row(str(path), index, value)
-            index += 1
-
+    table = _load_hf_dataset(chunk.source).with_format("arrow")[chunk.start : chunk.end]
+    for offset in range(0, table.num_rows, _PARQUET_BATCH):
+        for k, value in enumerate(table.slice(offset, _PARQUET_BATCH).to_pylist()):
+            yield _Row(chunk.source, chunk.start + offset + k, value)
 
 # --------------------------------------------------------------------------------------------------------------
 # One record: fields and checks
@@ -382,19 +512,55 @@ def _struct_ref(item: dict, field_name: str, root: Path, label_prefix: str, *, c
 def _bytes_ref(data: bytes, field_name: str, label: str) -> ImageRef:
     if not data:
         raise DataError("image bytes are empty", field=field_name, reason="bad_image")
-    return ImageRef.from_bytes(data, label=label)
+    return ImageRef.from_bytes(data, label=label, record_field=field_name)
 
 
 def _path_ref(raw_path: str, field_name: str, root: Path, *, check_files: bool) -> ImageRef:
+    """``check_files=False`` touches no file: the path is checked against the root as text (``..``, absolute paths
+    elsewhere), and ``image_path_ref`` does the full check (symlinks, existence) when the sample is loaded."""
     _check_utf8(raw_path, field_name)
+    if not check_files:
+        return ImageRef.from_path(_lexical_image_path(raw_path, root, field_name), label=raw_path, record_field=field_name)
     resolved = resolve_image_path(raw_path, root, field_name=field_name)
-    if check_files and not resolved.is_file():
+    if not resolved.is_file():
         raise DataError(
             f"image file not found: {raw_path!r} (under {str(root)!r})",
             field=field_name,
             reason="missing_image",
         )
-    return ImageRef.from_path(resolved, label=raw_path)
+    return ImageRef.from_path(resolved, label=raw_path, record_field=field_name)
+
+
+def image_path_ref(raw_path: str, field_name: str, root: str | os.PathLike) -> ImageRef:
+    """The reader's full check of one image path (inside ``root`` after symlinks, an existing file), for a sample
+    whose path was checked only as text when its dataset was read; raises the reader's ``DataError``."""
+    return _path_ref(raw_path, field_name, Path(root), check_files=True)
+
+
+def _lexical_image_path(raw_path: str, root: Path, field_name: str) -> Path:
+    if not raw_path:
+        raise DataError("image path is empty", field=field_name, reason="bad_type")
+    if "\x00" in raw_path:
+        raise DataError(f"bad image path {raw_path!r}: embedded null byte", field=field_name, reason="bad_path")
+    base = _resolved_root(root)
+    joined = os.path.normpath(os.path.join(base, raw_path))  # strings: pathlib costs more than the rest of a record
+    if joined != base and not joined.startswith(base.rstrip(os.sep) + os.sep):
+        raise DataError(
+            f"image path {raw_path!r} resolves to {joined!r}, outside image_root {base!r}",
+            field=field_name,
+            reason="path_escape",
+        )
+    return Path(joined)
+
+
+_RESOLVED_ROOTS: dict[Path, str] = {}
+
+
+def _resolved_root(root: Path) -> str:
+    # One realpath per image root, not per image (millions of records share a handful of roots).
+    if root not in _RESOLVED_ROOTS:
+        _RESOLVED_ROOTS[root] = str(root.resolve())
+    return _RESOLVED_ROOTS[root]
 
 
 def resolve_image_path(raw_path: str, image_root: str | os.PathLike, *, field_name: str = "image") -> Path:

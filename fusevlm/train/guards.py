@@ -99,7 +99,7 @@ class NonFiniteGuard(TrainerCallback):
         return message
 
     def _batch_records(self) -> list[str]:
-        if not self._batches or self.dataset is None or not hasattr(self.dataset, "samples"):
+        if not self._batches or self.dataset is None or not hasattr(self.dataset, "records"):
             return []
         input_ids, mask = self._batches[-1]
         if input_ids is None:
@@ -118,10 +118,8 @@ class NonFiniteGuard(TrainerCallback):
         # Built only when a step fails: token ids -> "file record N (id '...')".
         if self._index is None:
             self._index = {}
-            for sample in self.dataset.samples:
-                record = sample.record
-                key = np.asarray(sample.input_ids, dtype=np.int64).tobytes()
-                self._index.setdefault(key, f"{record.source} record {record.index} (id {record.id!r})")
+            for input_ids, name in self.dataset.records():
+                self._index.setdefault(np.asarray(input_ids, dtype=np.int64).tobytes(), name)
         return self._index
 
 

@@ -36,7 +36,8 @@ class DataEntry:
     path: str
     image_root: str | None = None
     task: str | None = None
-    num_samples: int | None = None
+    num_samples: int | None = None  # streamed: the entry's mixing weight
+    streaming: bool = False  # read as it is trained on (Parquet / WebDataset shards, a datasets streaming source)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Recipe:
     mft_loss: str | None = None  # token | sample: per-task losses, logged per task (the seed's MFT trainer)
     group_by_modality_length: bool = False
     packing: bool = False  # several samples per row (rows of at most model_max_length), no attention across them
+    data_cache_dir: str | None = None  # where tokenized datasets are cached (default $FUSEVLM_CACHE, ~/.cache/fusevlm)
+    preprocessing_num_workers: int | None = None  # processes that build a cache (default: the CPU count)
     eval_data: list[DataEntry] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)  # TrainingArguments fields
     source: str = "<recipe>"
@@ -90,6 +93,17 @@ class Recipe:
             raise RecipeError(f"{where}: mft_loss must be one of {MFT_LOSSES}, got {self.mft_loss!r}")
         if self.on_bad_sample not in ("error", "skip"):
             raise RecipeError(f"{where}: on_bad_sample must be error or skip, got {self.on_bad_sample!r}")
+        if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 1:
+            raise RecipeError(f"{where}: preprocessing_num_workers must be at least 1, got {self.preprocessing_num_workers}")
+        streamed = {entry.streaming for entry in self.data}
+        if len(streamed) > 1:
+            raise RecipeError(f"{where}: data mixes streamed and cached entries; stream all of them or none")
+        if True in streamed:
+            if self.group_by_modality_length:
+                raise RecipeError(f"{where}: group_by_modality_length needs every sample's length up front, which a "
+                                  "streamed dataset does not have (use packing: true to save the padding)")
+            if int(self.training.get("max_steps", -1)) <= 0:
+                raise RecipeError(f"{where}: streamed data has no length: set max_steps")
         if self.vision_lr is not None and not self.train_vision:
             raise RecipeError(f"{where}: vision_lr is set but train_vision is false")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,10 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
-from ..data.dataset import ConversationDataset, VLMCollator, sample_records
+from ..data.dataset import ConversationDataset, VLMCollator, check_sources, load_mixture
 from ..data.packing import packing_collator, without_cache
-from ..data.records import Record, read_records
 from ..data.report import BadSampleReport
+from ..data.streaming import StreamingDataset
 from ..models.builder import build_vlm
 from ..models.vlm import FuseVLMForConditionalGeneration
 from ..processing import FuseVLMProcessor
@@ -22,30 +23,14 @@ from ..templates import get_template
 from .checkpoints import SaveWatch, staged_folder
 from .guards import NonFiniteGuard
 from .preflight import preflight
-from .recipe import DataEntry, Recipe, RecipeError
+from .recipe import Recipe, RecipeError
 from .stages import prepare_for_stage
-from .trainer import VLMTrainer
+from .trainer import VLMTrainer, stream_state_file
 
 logger = logging.getLogger(__name__)
 
 PROJECTOR_FILE = "projector.safetensors"
 DATA_REPORT_FILE = "data_report.json"
-
-
-def load_mixture(
-    entries: list[DataEntry], *, on_bad_sample: str, report: BadSampleReport, seed: int
-) -> tuple[list[Record], list[str]]:
-    """Read every dataset of a recipe, tag its records with the task, and down/up-sample as asked."""
-    records: list[Record] = []
-    for position, entry in enumerate(entries):
-        read = read_records(entry.path, image_root=entry.image_root, on_bad_sample=on_bad_sample, report=report,
-                            task=entry.task)
-        for record in read:
-            # The entry's task, else the record's own, else the file's name.
-            record.task = record.task or Path(entry.path).stem
-        records += sample_records(read, entry.num_samples, seed + position)
-    tasks = list(dict.fromkeys(r.task for r in records))
-    return records, tasks
 
 
 def load_model(recipe: Recipe) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
@@ -80,14 +65,16 @@ def training_arguments(recipe: Recipe) -> TrainingArguments:
     values["remove_unused_columns"] = False  # our batches carry task ids and image tensors
     # Only an unfrozen vision tower has parameters a forward skips (the layers past vision_feature_layer).
     values.setdefault("ddp_find_unused_parameters", recipe.train_vision)
+    if recipe.data and recipe.data[0].streaming:
+        values["ignore_data_skip"] = True  # a streamed run restores its saved position instead of skipping batches
     if not torch.cuda.is_available():
         values.setdefault("use_cpu", True)
     return TrainingArguments(**values)
 
 
 def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
-    """Run one stage. The recipe (``preflight``) and the data are checked before any weights load, so a bad
-    recipe or bad data fails fast. A NaN/inf loss stops the run (``guards``); a failed save leaves the previous
+    """Run one stage. The recipe (``preflight``) and the data files' presence are checked before any weights load,
+    so a bad recipe fails fast; the data is tokenized (or its cache opened) once the tokenizer is there. A NaN/inf loss stops the run (``guards``); a failed save leaves the previous
     checkpoint and model folder intact (``checkpoints``).
 
     ``callbacks`` are ``transformers.TrainerCallback`` objects added to the Trainer's own.
@@ -96,19 +83,37 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
     seed = int(recipe.training.get("seed", 42))
     set_seed(seed)
     report = BadSampleReport()
-    records, tasks = load_mixture(recipe.data, on_bad_sample=recipe.on_bad_sample, report=report, seed=seed)
+    check_sources(recipe.data)
+    streamed = recipe.data[0].streaming
 
     model, processor = load_model(recipe)
     template = get_template(recipe.template) if recipe.template else None
-    dataset = ConversationDataset(
-        records, processor, model_max_length=recipe.model_max_length, chat_template=template,
-        image_aspect_ratio=recipe.image_aspect_ratio, on_bad_sample=recipe.on_bad_sample, report=report, tasks=tasks,
-    )
+    if streamed:
+        dataset = StreamingDataset(
+            recipe.data, processor, model_max_length=recipe.model_max_length, chat_template=template,
+            image_aspect_ratio=recipe.image_aspect_ratio, on_bad_sample=recipe.on_bad_sample, seed=seed,
+            rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        )
+    else:
+        dataset = load_mixture(
+            recipe.data, processor, model_max_length=recipe.model_max_length, chat_template=template,
+            image_aspect_ratio=recipe.image_aspect_ratio, on_bad_sample=recipe.on_bad_sample, report=report,
+            seed=seed, cache_dir=recipe.data_cache_dir, num_proc=recipe.preprocessing_num_workers,
+        )
+    tasks = dataset.tasks
     model = prepare_for_stage(model, recipe)
     if recipe.training.get("gradient_checkpointing") or recipe.training.get("activation_checkpointing"):
         model.config.use_cache = False
     # Built after the model: DeepSpeed ZeRO-3 must not see TrainingArguments before the model exists (CPU).
     args = training_arguments(recipe)
+    stream_state = None
+    if streamed:
+        if resume:
+            state_file = Path(resume) / stream_state_file(args.process_index)
+            if not state_file.is_file():
+                raise RecipeError(f"resume_from_checkpoint {resume!r} holds no position in the streamed data "
+                                  f"({state_file.name}); it was not written by a streamed run")
+            stream_state = torch.load(state_file, weights_only=True)
     pad_id = processor.tokenizer.pad_token_id
     collator = (packing_collator(model, pad_id, recipe.model_max_length) if recipe.packing
                 else VLMCollator(pad_token_id=pad_id))
@@ -125,6 +130,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> Path:
         vision_lr=recipe.vision_lr,
         group_by_modality_length=recipe.group_by_modality_length,
         data_report=report,
+        stream_state=stream_state,
         callbacks=[NonFiniteGuard(dataset), watch, *(callbacks or [])],
     )
     # Packed rows need a cache-free forward; an OSError while writing a checkpoint names what is left.
@@ -174,15 +180,15 @@ def save_projector(output: Path) -> None:
     save_file(tensors, str(output / PROJECTOR_FILE))
 
 
-def finish_report(trainer: VLMTrainer, dataset: ConversationDataset, report: BadSampleReport, output: Path) -> None:
+def finish_report(trainer: VLMTrainer, dataset: Any, report: BadSampleReport, output: Path) -> None:
     """The run's data report (skips and truncations) in the folder and on screen, and the loss curve."""
     data = report.to_dict()
-    data["truncated"] = dataset.truncated
-    data["samples"] = len(dataset)
+    data["truncated"] = getattr(dataset, "truncated", {})
+    data["samples"] = len(dataset) if isinstance(dataset, ConversationDataset) else None  # a stream has no length
     (output / DATA_REPORT_FILE).write_text(json.dumps(data, indent=2) + "\n")
     print(report.summary())
-    if dataset.truncated:
-        print(f"truncated to model_max_length (kept): {dataset.truncated}")
+    if data["truncated"]:
+        print(f"truncated to model_max_length (kept): {data['truncated']}")
     history = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
     (output / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
     if history:

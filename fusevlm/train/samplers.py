@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -16,7 +17,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     """
 
     def __init__(self, lengths: Sequence[int], group_size: int, seed: int = 0, megabatch: int = 50):
-        self.lengths = list(lengths)
+        self.lengths = np.asarray(lengths)
         self.group_size = max(1, group_size)
         self.seed = seed
         self.megabatch = megabatch
@@ -28,25 +29,27 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def _batches(self, indices: list[int], generator: torch.Generator) -> list[list[int]]:
-        order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+    def _batches(self, indices: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
+        order = indices[torch.randperm(len(indices), generator=generator).numpy()]
         size = self.group_size * self.megabatch
         batches = []
         for start in range(0, len(order), size):
-            mega = sorted(order[start : start + size], key=lambda i: -abs(self.lengths[i]))
+            mega = order[start : start + size]
+            mega = mega[np.argsort(-np.abs(self.lengths[mega]), kind="stable")]
             batches += [mega[i : i + self.group_size] for i in range(0, len(mega), self.group_size)]
         return batches
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        image = [i for i, n in enumerate(self.lengths) if n > 0]
-        text = [i for i, n in enumerate(self.lengths) if n <= 0]
+        image = np.flatnonzero(self.lengths > 0)
+        text = np.flatnonzero(self.lengths <= 0)
         batches = self._batches(image, generator) + self._batches(text, generator)
         # Full batches in random order; the partial ones last, so only the final step is ragged.
         full = [b for b in batches if len(b) == self.group_size]
         partial = [b for b in batches if len(b) != self.group_size]
         full = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
-        return iter([i for batch in full + partial for i in batch])
+        ordered = full + partial
+        return iter(np.concatenate(ordered).tolist() if ordered else [])
 
 
 class TaskInterleavedSampler(Sampler[int]):
@@ -57,7 +60,7 @@ class TaskInterleavedSampler(Sampler[int]):
     """
 
     def __init__(self, task_ids: Sequence[int], seed: int = 0):
-        self.task_ids = list(task_ids)
+        self.task_ids = np.asarray(task_ids)
         self.seed = seed
         self.epoch = 0
 
@@ -69,10 +72,14 @@ class TaskInterleavedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        keyed = []
-        for task in sorted(set(self.task_ids)):
-            members = [i for i, t in enumerate(self.task_ids) if t == task]
-            members = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
-            jitter = torch.rand(len(members), generator=generator).tolist()
-            keyed += [((k + jitter[k]) / len(members), i) for k, i in enumerate(members)]
-        return iter([i for _, i in sorted(keyed)])
+        keys, members_all = [], []
+        for task in np.unique(self.task_ids):
+            members = np.flatnonzero(self.task_ids == task)
+            members = members[torch.randperm(len(members), generator=generator).numpy()]
+            jitter = torch.rand(len(members), generator=generator).numpy().astype(np.float64)
+            keys.append((np.arange(len(members)) + jitter) / len(members))
+            members_all.append(members)
+        if not keys:
+            return iter([])
+        keys_all, members = np.concatenate(keys), np.concatenate(members_all)
+        return iter(members[np.lexsort((members, keys_all))].tolist())

@@ -3,17 +3,25 @@ modality/length grouping, and the bad samples met while loading images."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.errors import DataError
 from ..data.report import BadSampleReport
+from ..data.streaming import StreamingDataset
 from .samplers import ModalityLengthGroupedSampler, TaskInterleavedSampler
 
 IGNORE_INDEX = -100
+
+
+def stream_state_file(rank: int) -> str:
+    """The file in a checkpoint that holds rank ``rank``'s position in a streamed dataset."""
+    return f"data_state-{rank}.pt"
 
 
 def per_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +97,7 @@ class VLMTrainer(Trainer):
         vision_lr: float | None = None,
         group_by_modality_length: bool = False,
         data_report: BadSampleReport | None = None,
+        stream_state: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -98,6 +107,8 @@ class VLMTrainer(Trainer):
         self.vision_lr = vision_lr
         self.group_by_modality_length = group_by_modality_length
         self.data_report = data_report if data_report is not None else BadSampleReport()
+        self.stream_state = stream_state
+        self._stream_loader: Any = None
         self._bad_seen: set[tuple[str, int]] = set()
         self._task_sums = torch.zeros(len(self.tasks), dtype=torch.float64)
         self._task_counts = torch.zeros(len(self.tasks), dtype=torch.float64)
@@ -128,11 +139,36 @@ class VLMTrainer(Trainer):
         self.optimizer = optimizer_cls(param_groups, lr=self.args.learning_rate, **optimizer_kwargs)
         return self.optimizer
 
+    # ---- streamed data: a stateful loader whose position is saved with each checkpoint ----------------------
+    def get_train_dataloader(self) -> Any:
+        if not isinstance(self.train_dataset, StreamingDataset):
+            return super().get_train_dataloader()
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        workers = self.args.dataloader_num_workers
+        # The dataset is split by rank already (split_dataset_by_node), so the loader is not sharded again.
+        loader = StatefulDataLoader(
+            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+            num_workers=workers, pin_memory=self.args.dataloader_pin_memory,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+            persistent_workers=self.args.dataloader_persistent_workers if workers else False,
+        )
+        if self.stream_state is not None:
+            loader.load_state_dict(self.stream_state)
+        self._stream_loader = loader
+        return loader
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self._stream_loader is not None:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            torch.save(self._stream_loader.state_dict(), folder / stream_state_file(self.args.process_index))
+
     # ---- sampling ------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.mft_loss_mode is not None:
-            return TaskInterleavedSampler([s.task_id for s in dataset.samples], seed=self.args.seed)
+            return TaskInterleavedSampler(dataset.task_ids, seed=self.args.seed)
         if self.group_by_modality_length:
             group = self.args.per_device_train_batch_size * self.args.world_size
             return ModalityLengthGroupedSampler(dataset.lengths, group, seed=self.args.seed)
@@ -144,6 +180,7 @@ class VLMTrainer(Trainer):
     ) -> Any:
         task_ids = inputs.pop("task_ids", None)
         sample_index = inputs.pop("sample_index", None)
+        inputs.pop("sample_ids", None)
         for error in inputs.pop("data_errors", []):
             # A bad image is met again every epoch: count each record once.
             key = (error["dataset"], error["index"])

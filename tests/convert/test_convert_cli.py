@@ -65,3 +65,27 @@ def test_recipe_lists_the_seed_mixture():
     ]
     synthdog = entries[0]
     assert synthdog["image_root"] == f"{synthdog['path'][:-len('.json')]}_images"  # the converter's default
+
+
+def test_cli_writes_webdataset_shards_that_stream_back(tmp_path, capsys):
+    from PIL import Image
+
+    from fusevlm.data.streaming import decode_value, raw_stream
+
+    tsv = write_tsv(tmp_path / "t.tsv", 5)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(images / f"{i:09d}.jpg")
+    out = tmp_path / "shards"
+    assert main(["cc3m", "--input", str(tsv), "--output", str(out), "--image-root", str(images), "--to",
+                 "webdataset", "--shard-size", "2", "--no-progress"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["shards"] == 3 and sorted(p.name for p in out.iterdir()) == [
+        "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    stream, kind = raw_stream(out)
+    rows = list(stream)
+    assert kind == "webdataset" and [json.loads(r["json"]["conversations"])[1]["content"] for r in rows] == [
+        f"caption {i}" for i in range(5)]
+    assert rows[3]["image0.jpg"]["bytes"] == (images / "000000003.jpg").read_bytes()
+    assert decode_value('{"b": {"__bytes__": "\\u00ff"}}') == {"b": b"\xff"}

@@ -26,8 +26,20 @@ def main() -> int:
             fingerprints["weights"] = digest.hexdigest()
             fingerprints["losses"] = [h["loss"] for h in state.log_history if "loss" in h]
 
+    from fusevlm.train.trainer import VLMTrainer
+
+    sample_ids = []
+    compute_loss = VLMTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):  # a streamed batch names its samples
+        if "sample_ids" in inputs:
+            sample_ids.append(list(inputs["sample_ids"]))
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    VLMTrainer.compute_loss = recording
     recipe = load_recipe(sys.argv[1], sys.argv[2:])
     output = train(recipe, callbacks=[Fingerprint()])
+    fingerprints["sample_ids"] = sample_ids
     rank = int(os.environ.get("RANK", 0))
     info = {"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", 1)), **fingerprints}
     (Path(output) / f"rank{rank}.json").write_text(json.dumps(info))

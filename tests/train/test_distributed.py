@@ -79,3 +79,23 @@ def test_the_shipped_launch_script_runs_a_stage_under_torchrun(base, tmp_path):
     model = FuseVLMForConditionalGeneration.from_pretrained(tmp_path / "script")
     assert model.config.projector_config["type"] == "mlp2x_gelu"
     assert (tmp_path / "script" / "projector.safetensors").exists()
+
+
+def test_a_streamed_run_resumed_on_two_ranks_sees_what_an_uninterrupted_one_does(checkpoints, tmp_path):
+    from fusevlm.data.streaming import write_webdataset
+
+    data = make_dataset(tmp_path / "data", 32)
+    shards = tmp_path / "shards"
+    write_webdataset(data, shards, image_root=tmp_path / "data" / "images", shard_size=4)  # 8 shards: 2 ranks x 2 workers x 2
+    model = {"vision": str(checkpoints("vision", "clip", hidden=64)), "projector": "mlp2x_gelu",
+             "llm": str(checkpoints("llm", "llama"))}
+    values = recipe(tmp_path, [{"path": str(shards), "streaming": True}], model=model, per_device_train_batch_size=2,
+                    max_steps=4, save_strategy="steps", save_steps=2, dataloader_num_workers=2, disable_tqdm=True)
+    whole, ranks = torchrun(tmp_path, values)
+    seen = [r["sample_ids"] for r in ranks]
+    assert [len(steps) for steps in seen] == [4, 4]
+    assert not {i for s in seen[0] for i in s} & {i for s in seen[1] for i in s}  # the ranks split the stream
+    resumed_values = {**values, "output_dir": str(tmp_path / "resumed"),
+                      "resume_from_checkpoint": str(whole / "checkpoint-2")}
+    _, resumed = torchrun(tmp_path, resumed_values)
+    assert [r["sample_ids"] for r in resumed] == [steps[2:] for steps in seen]

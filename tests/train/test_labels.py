@@ -7,7 +7,7 @@ from helpers import make_dataset
 from PIL import Image
 
 from fusevlm import build_vlm
-from fusevlm.data.dataset import ConversationDataset
+from fusevlm.data.dataset import Source, load_mixture
 from fusevlm.data.errors import DataError
 from fusevlm.data.records import read_records
 from fusevlm.data.report import BadSampleReport
@@ -104,18 +104,16 @@ def long_record(tmp_path, image_position):
 def test_a_record_whose_image_would_be_cut_is_skipped_and_counted(processor, tmp_path):
     path = long_record(tmp_path, "late")
     report = BadSampleReport()
-    records = read_records(path, on_bad_sample="skip", report=report)
-    dataset = ConversationDataset(records, processor, model_max_length=64, on_bad_sample="skip", report=report)
-    assert [s.record.id for s in dataset.samples] == ["short"]
+    dataset = load_mixture([Source(str(path))], processor, model_max_length=64, on_bad_sample="skip", report=report)
+    assert [dataset.sample(i)[1]["id"] for i in range(len(dataset))] == ["short"]
     assert report.reasons() == {"too_long": 1}
     assert "cut an image span" in report.to_dict()["datasets"][str(path)]["examples"][0]["message"]
 
 
 def test_with_the_error_policy_the_long_record_is_named(processor, tmp_path):
     path = long_record(tmp_path, "late")
-    records = read_records(path)
     with pytest.raises(DataError, match=r"record 0 \(id 'long'\).*cut an image span"):
-        ConversationDataset(records, processor, model_max_length=64)
+        load_mixture([Source(str(path))], processor, model_max_length=64)
 
 
 def test_a_long_answer_is_truncated_and_counted_but_an_answer_cut_away_entirely_is_not_trained(processor, tmp_path):
@@ -125,25 +123,61 @@ def test_a_long_answer_is_truncated_and_counted_but_an_answer_cut_away_entirely_
         {"from": "human", "value": "<image>\ncolor?"}, {"from": "gpt", "value": long_answer}]}]
     path = tmp_path / "data.json"
     path.write_text(json.dumps(records))
-    dataset = ConversationDataset(read_records(path), processor, model_max_length=100, chat_template=CHATML)
+    dataset = load_mixture([Source(str(path))], processor, model_max_length=100, chat_template=CHATML)
     assert dataset.truncated == {str(path): 1}
-    sample = dataset.samples[0]
-    assert len(sample.input_ids) == 100 and (sample.labels != -100).sum() > 0
-    assert (sample.input_ids == processor.image_token_id).sum() == processor.image_seq_length
-    full = processor.tokenize_chat(dataset.samples[0].record.messages, chat_template=CHATML)
+    sample = dataset[0]
+    assert len(sample["input_ids"]) == 100 and (sample["labels"] != -100).sum() > 0
+    assert (sample["input_ids"] == processor.image_token_id).sum() == processor.image_seq_length
+    (record,) = read_records(path)
+    full = processor.tokenize_chat(record.messages, chat_template=CHATML)
+    assert sample["input_ids"].tolist() == full["input_ids"][:100] and sample["labels"].tolist() == full["labels"][:100]
     first_trained = next(i for i, label in enumerate(full["labels"]) if label != -100)
     with pytest.raises(DataError, match="no assistant tokens left"):
-        ConversationDataset(read_records(path), processor, model_max_length=first_trained, chat_template=CHATML)
+        load_mixture([Source(str(path))], processor, model_max_length=first_trained, chat_template=CHATML)
 
 
 def test_skipped_image_failures_travel_with_the_batch(processor, tmp_path):
     data = make_dataset(tmp_path, 4)
     (tmp_path / "images" / "train_1.png").write_bytes(b"not a png")
-    dataset = ConversationDataset(read_records(data, image_root=tmp_path / "images"), processor, model_max_length=128,
-                                  on_bad_sample="skip")
+    source = Source(str(data), image_root=str(tmp_path / "images"))
+    dataset = load_mixture([source], processor, model_max_length=128, on_bad_sample="skip")
     item = dataset[1]
     assert item["data_errors"] and item["data_errors"][0]["reason"] == "bad_image"
     assert "train_1.png" in item["data_errors"][0]["message"]
     assert "pixel_values" in item  # the next good sample was served instead
     with pytest.raises(DataError, match="train_1.png"):
-        ConversationDataset(read_records(data, image_root=tmp_path / "images"), processor, model_max_length=128)[1]
+        load_mixture([source], processor, model_max_length=128)[1]
+
+
+TRIMMED = (  # generation tags with whitespace control on both sides, on lines of their own
+    "{%- for message in messages %}\n"
+    "  {%- if message['role'] == 'assistant' %}\n"
+    "A:  {%- generation -%}   \n  {{ message['content'] }}{{ eos_token }}\n  {%- endgeneration -%}  \n!\n"
+    "  {%- elif message['role'] == 'system' and message['content'] == 'boom' %}{{ raise_exception('no system') }}\n"
+    "  {%- else %}\nU: {{ message['content'] }}\n"
+    "  {%- endif %}\n"
+    "{%- endfor %}"
+)
+
+
+@pytest.mark.parametrize("name", ["plain", "chatml", "llama3", "vicuna_v1", "llama2", "synthetic", "trimmed"])
+def test_a_batch_is_labelled_as_transformers_labels_each_conversation(processor, name):
+    from fusevlm.data.tokenizer import CHAT_TEMPLATE
+
+    template = {**BUILTIN_TEMPLATES, "synthetic": CHAT_TEMPLATE, "trimmed": TRIMMED}[name]
+    conversations = [CONVERSATION, CONVERSATION[1:3], [CONVERSATION[1], {"role": "assistant", "content": " spaced \n"}]]
+    results = processor.tokenize_chats(conversations, chat_template=template)
+    for conversation, (ids, labels) in zip(conversations, results, strict=True):
+        expected = processor.tokenizer.apply_chat_template(
+            conversation, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert ids.tolist() == list(expected["input_ids"])
+        assert labels.tolist() == [t if m else -100 for t, m in zip(expected["input_ids"], expected["assistant_masks"],
+                                                                     strict=True)]
+
+
+def test_a_template_error_belongs_to_its_conversation_only(processor):
+    boom = [{"role": "system", "content": "boom"}, *CONVERSATION[1:3]]
+    ok, failed, again = processor.tokenize_chats([CONVERSATION[1:3], boom, CONVERSATION], chat_template=TRIMMED)
+    assert isinstance(failed, Exception) and "no system" in str(failed)
+    assert ok[0].tolist() == processor.tokenize_chats([CONVERSATION[1:3]], chat_template=TRIMMED)[0][0].tolist()
+    assert (again[1] != -100).sum() > 0

@@ -10,9 +10,8 @@ from PIL import Image
 from transformers import AttentionInterface
 
 from fusevlm import build_vlm
-from fusevlm.data.dataset import ConversationDataset, VLMCollator
+from fusevlm.data.dataset import Source, VLMCollator, load_mixture
 from fusevlm.data.packing import PackingCollator, pack_rows, per_sample_losses, without_cache
-from fusevlm.data.records import read_records
 from fusevlm.templates import get_template
 from fusevlm.train.recipe import recipe_from_dict
 from fusevlm.train.run import train
@@ -68,10 +67,9 @@ def build(checkpoints, family):
 
 
 def features_of(mixture, processor, max_length=256):
-    records = [r for entry in mixture for r in read_records(entry["path"], image_root=entry["image_root"],
-                                                              task=entry["task"])]
-    dataset = ConversationDataset(records, processor, model_max_length=max_length,
-                                  chat_template=get_template("chatml"), tasks=["vqa", "caption"])
+    sources = [Source(entry["path"], image_root=entry["image_root"], task=entry["task"]) for entry in mixture]
+    dataset = load_mixture(sources, processor, model_max_length=max_length, chat_template=get_template("chatml"))
+    assert dataset.tasks == ["vqa", "caption"]
     return [dataset[i] for i in range(len(dataset))]
 
 

@@ -7,22 +7,21 @@ import torch
 from helpers import make_dataset, recipe
 
 from fusevlm import build_vlm
-from fusevlm.data.dataset import ConversationDataset, VLMCollator, sample_records
-from fusevlm.data.records import read_records
+from fusevlm.data.dataset import Source, VLMCollator, load_mixture, sample_indices
 from fusevlm.train.recipe import RecipeError, recipe_from_dict
 from fusevlm.train.run import train
 from fusevlm.train.samplers import ModalityLengthGroupedSampler, TaskInterleavedSampler
 
 
-def test_sample_records_down_and_up_samples_reproducibly():
-    records = list(range(10))
-    down = sample_records(records, 4, seed=1)
-    assert len(down) == 4 and len(set(down)) == 4 and down == sample_records(records, 4, seed=1)
-    assert down != sample_records(records, 4, seed=2)
-    up = sample_records(records, 25, seed=1)
-    assert len(up) == 25 and all(up.count(r) in (2, 3) for r in records)
+def test_sample_indices_down_and_up_samples_reproducibly():
+    down = sample_indices(10, 4, seed=1).tolist()
+    assert len(down) == 4 and len(set(down)) == 4 and down == sample_indices(10, 4, seed=1).tolist()
+    assert set(down) <= set(range(10)) and down != sample_indices(10, 4, seed=2).tolist()
+    up = sample_indices(10, 25, seed=1).tolist()
+    assert len(up) == 25 and all(up.count(r) in (2, 3) for r in range(10))
+    assert sample_indices(10, None, seed=1).tolist() == list(range(10))
     with pytest.raises(ValueError, match="positive"):
-        sample_records(records, 0, seed=1)
+        sample_indices(10, 0, seed=1)
 
 
 def test_modality_length_sampler_keeps_batches_of_one_modality():
@@ -53,8 +52,7 @@ def test_text_only_and_image_samples_share_a_batch(checkpoints, tmp_path):
     records.append({"id": "text", "conversations": [{"from": "human", "value": "Say hi."},
                                                     {"from": "gpt", "value": "hi"}]})
     data.write_text(json.dumps(records))
-    dataset = ConversationDataset(read_records(data, image_root=tmp_path / "images"), processor,
-                                  model_max_length=128)
+    dataset = load_mixture([Source(str(data), image_root=str(tmp_path / "images"))], processor, model_max_length=128)
     assert dataset.lengths[2] < 0 < dataset.lengths[0]
     batch = VLMCollator(pad_token_id=processor.tokenizer.pad_token_id)([dataset[i] for i in range(3)])
     assert batch["pixel_values"].shape[0] == 2

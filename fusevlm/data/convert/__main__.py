@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import CONVERTERS, convert
 from .common import LANGS
@@ -30,15 +31,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "index, url_name, stem (default {index:09d}.jpg)")
     parser.add_argument("--max-turns", type=int, help="vg_vqa / ocr_vqa: most QA turns per conversation (10)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--to", choices=("json", "webdataset"), default="json",
+                        help="webdataset: --output is a folder of .tar shards (records and image bytes) to stream")
+    parser.add_argument("--shard-size", type=int, default=1000, help="records per WebDataset shard (default 1000)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        output = Path(args.output) / "records.json" if args.to == "webdataset" else Path(args.output)
         stats = convert(
-            args.source, args.inputs, args.output, num_samples=args.num_samples, seed=args.seed,
+            args.source, args.inputs, output, num_samples=args.num_samples, seed=args.seed,
             image_root=args.image_root, image_dir=args.image_dir, lang=args.lang, split=args.split,
             image_name=args.image_name, max_turns=args.max_turns, progress=not args.no_progress,
         )
+        if args.to == "webdataset":
+            from ..streaming import write_webdataset
+
+            shards = write_webdataset(output, args.output, image_root=args.image_root or stats.get("image_dir"),
+                                      shard_size=args.shard_size)
+            output.unlink()
+            stats["output"] = str(args.output)
+            stats["shards"] = len(shards)
     except ValueError as e:  # ConvertError included: a malformed file, named with its record and field
         print(f"fusevlm convert: error: {e}", file=sys.stderr)
         return 2
