@@ -84,10 +84,10 @@ def test_lmms_generate_until_cuts_at_the_stop_strings(lmms: LmmsFuseVLM, tiny_mo
         lmms.generate_until([lmms_request(QUESTION, {"temperature": 0.7}, doc_to_visual, 0, "toy", "test")])
 
 
-def test_lmms_loglikelihood_scores_the_continuation(lmms: LmmsFuseVLM):
+def test_lmms_loglikelihood_is_the_continuations_mean_token_loss(lmms: LmmsFuseVLM):
+    """lmms-eval's convention: its models return the cross-entropy loss, and multiple choice takes the lowest."""
     doc = lmms.task_dict["toy"]["test"][0]
     model, processor = lmms.model, lmms.processor
-    # the model's own greedy next token, decoded: a continuation greedy decoding produces
     prompt = make_prompt(QUESTION, doc["image"], processor.image_token)
     encoded = processor.encode_chat(prompt.messages, prompt.images, add_generation_prompt=True)
     with torch.no_grad():
@@ -95,16 +95,28 @@ def test_lmms_loglikelihood_scores_the_continuation(lmms: LmmsFuseVLM):
     ranked = logits[0, -1].argsort(descending=True).tolist()
     greedy, other = (processor.tokenizer.decode([t]) for t in (ranked[0], ranked[50]))
     assert processor.tokenizer(greedy, add_special_tokens=False)["input_ids"] == [ranked[0]]
-    expected = logits[0, -1].float().log_softmax(-1)[ranked[0]].item()
+    log_probs = logits[0, -1].float().log_softmax(-1)
+    # a two-token continuation, scored by hand: the mean of -log p over its tokens, each given those before it
+    def round_trips(ids):
+        return processor.tokenizer(processor.tokenizer.decode(ids), add_special_tokens=False)["input_ids"] == ids
+
+    pair = next([ranked[0], t] for t in ranked[1:] if round_trips([ranked[0], t]))
+    with torch.no_grad():
+        longer = model(input_ids=torch.tensor([encoded["input_ids"] + pair[:1]]),
+                       pixel_values=encoded["pixel_values"]).logits[0, -1].float().log_softmax(-1)
+    two_tokens = processor.tokenizer.decode(pair)
 
     results = lmms.loglikelihood([
         lmms_request(QUESTION, greedy, doc_to_visual, 0, "toy", "test"),
         lmms_request(QUESTION, lambda d: other, doc_to_visual, 0, "toy", "test"),  # doc_to_target as a function
+        lmms_request(QUESTION, two_tokens, doc_to_visual, 0, "toy", "test"),
     ])
-    (lp_greedy, is_greedy), (lp_other, other_greedy) = results
-    assert lp_greedy == pytest.approx(expected, abs=1e-4)
-    assert is_greedy is True and other_greedy is False
-    assert lp_other < lp_greedy <= 0
+    (loss_greedy, is_greedy), (loss_other, other_greedy), (loss_pair, pair_greedy) = results
+    assert loss_greedy == pytest.approx(-log_probs[ranked[0]].item(), abs=1e-4)
+    assert loss_other == pytest.approx(-log_probs[ranked[50]].item(), abs=1e-4)
+    assert loss_pair == pytest.approx(-(log_probs[pair[0]] + longer[pair[1]]).item() / 2, abs=1e-4)
+    assert is_greedy is True and other_greedy is False and pair_greedy is (longer.argmax().item() == pair[1])
+    assert 0 <= loss_greedy < loss_other  # the likelier continuation has the lower value: argmin picks it
 
 
 def test_lmms_refuses_what_it_cannot_do(lmms: LmmsFuseVLM):
