@@ -1,4 +1,9 @@
-"""A fusevlm model as an lmms-eval model (``lmms-eval --model fusevlm --model_args pretrained=DIR``).
+"""A fusevlm model as an lmms-eval model::
+
+    lmms-eval --model fusevlm --model_args pretrained=DIR --batch_size 8 --tasks TASKS
+    lmms_eval.evaluator.simple_evaluate(model="fusevlm", model_args="pretrained=DIR,batch_size=8", tasks=[...])
+
+(the command line passes its own ``--batch_size`` to the model, so it does not go in ``--model_args`` there).
 
 lmms-eval (0.7) is optional (``pip install -e ".[lmms]"``). It finds ``fusevlm`` through the ``lmms_eval.models``
 entry point that fusevlm's package metadata declares (:func:`manifest`), so ``--model fusevlm`` and
