@@ -36,17 +36,21 @@ def _init(parser: argparse.ArgumentParser):
         "--vision",
         required=True,
         type=_vision_argument,
-        help="registry name, hub name or folder; 'a,b' fuses encoders; or a JSON spec",
+        help="registry name, hub name or folder (the seed's Qwen-VL-visual/ too); 'a,b' fuses encoders; or a JSON spec",
     )
     parser.add_argument(
         "--projector",
         default="mlp2x_gelu",
         help="identity | linear | mlp{N}x_gelu | cross_attn | pixel_shuffle, or a JSON object",
     )
-    parser.add_argument("--llm", required=True, help="hub name or folder of any causal LM")
+    parser.add_argument("--llm", required=True, help="hub name or folder of any causal LM (Qwen v1 too), or a LoRA folder")
+    parser.add_argument("--llm-base", default=None, help="the LLM a LoRA output folder given as --llm adapts")
     parser.add_argument(
         "--projector-weights", default=None, help="a projector weights file to load (optional)"
     )
+    parser.add_argument("--template", default=None,
+                        help="a built-in chat template (default: codefuse_qwen for the seed's Qwen-VL-visual/, "
+                             "else the tokenizer's own)")
     parser.add_argument("--out", required=True, type=Path, help="the model folder to write")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the LLM's)")
     parser.add_argument(
@@ -54,17 +58,16 @@ def _init(parser: argparse.ArgumentParser):
     )
 
     def run(args: argparse.Namespace) -> int:
-        from .models.builder import format_parameter_table, load_mixed_pretrained_model, parameter_table
+        from .models.builder import format_parameter_table, parameter_table
+        from .models.seed import load_mixed_pretrained_model
+        from .processing import FuseVLMProcessor
 
         projector = json.loads(args.projector) if args.projector.lstrip().startswith("{") else args.projector
-        model, processor = load_mixed_pretrained_model(
-            args.llm,
-            args.vision,
-            projector,
-            args.projector_weights,
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
+        tokenizer, model, image_processor, _ = load_mixed_pretrained_model(
+            args.llm, args.llm_base, None, args.vision, projector, args.projector_weights,
+            device_map=None, dtype=args.dtype, trust_remote_code=args.trust_remote_code, chat_template=args.template,
         )
+        processor = FuseVLMProcessor(image_processor, tokenizer, model.config.image_seq_length, model.config.image_token)
         model.save_pretrained(args.out)
         processor.save_pretrained(args.out)
         print(format_parameter_table(parameter_table(model)))
@@ -131,6 +134,23 @@ def _score(parser: argparse.ArgumentParser):
     return run
 
 
+@command("convert-llm", "convert a remote-code LLM checkpoint into a transformers-native folder: "
+                        "fusevlm convert-llm qwen-v1 IN OUT")
+def _convert_llm(parser: argparse.ArgumentParser):
+    parser.add_argument("format", choices=("qwen-v1",),
+                        help="qwen-v1: Qwen-7B / Qwen-14B (model_type 'qwen') -> Qwen2 (exact up to seq_length tokens)")
+    parser.add_argument("input", type=Path, help="the checkpoint folder (config.json, weights, qwen.tiktoken)")
+    parser.add_argument("output", type=Path, help="the folder to write (new or empty)")
+
+    def run(args: argparse.Namespace) -> int:
+        from .models.qwen_v1 import convert_qwen_v1
+
+        print(f"wrote {convert_qwen_v1(args.input, args.output)}")
+        return 0
+
+    return run
+
+
 # Subcommands whose parser and runner live with the code they run: (help, module, add-arguments, runner).
 DELEGATED: dict[str, tuple[str, str, str, str]] = {
     "plan": ("parameters, image tokens and memory per GPU of a recipe, offline: fusevlm plan [--gpus N] RECIPE.yaml",
@@ -146,9 +166,9 @@ DELEGATED: dict[str, tuple[str, str, str, str]] = {
             "fusevlm.serve.web", "add_arguments", "run"),
     "merge": ("fold a LoRA adapter (and its trained projector) into its base model: one folder",
               "fusevlm.serve.merge", "add_arguments", "run"),
-    "export": ("export a model to another format (hf-llava: transformers' LlavaForConditionalGeneration)",
-               "fusevlm.export", "add_arguments", "run_export"),
-    "import": ("import a model from another format (hf-llava) as a fusevlm model folder",
+    "export": ("export a model to another format (hf-llava: transformers' LlavaForConditionalGeneration; "
+               "qwen-vl: a Qwen-VL-Chat folder)", "fusevlm.export", "add_arguments", "run_export"),
+    "import": ("import a model from another format (hf-llava, qwen-vl) as a fusevlm model folder",
                "fusevlm.export", "add_arguments", "run_import"),
 }
 

@@ -310,16 +310,23 @@ def import_hf_llava(llava_dir: str | Path, out_dir: str | Path) -> Path:
 
 # ---- command line ------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``fusevlm export`` / ``fusevlm import``: ``--model DIR --out DIR [--format hf-llava]``."""
+    """``fusevlm export`` / ``fusevlm import``: ``--model DIR --out DIR [--format hf-llava | qwen-vl]``."""
     parser.add_argument("--model", required=True, type=Path, help="the folder to convert")
     parser.add_argument("--out", required=True, type=Path, help="the folder to write")
-    parser.add_argument("--format", default="hf-llava", choices=["hf-llava"], help="the other format")
+    parser.add_argument("--format", default="hf-llava", choices=["hf-llava", "qwen-vl"],
+                        help="the other format: transformers' Llava, or Qwen-VL(-Chat)'s folder")
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from .export_qwen_vl import QwenVLExportError, export_qwen_vl
+
     try:
+        if args.format == "qwen-vl":
+            out = export_qwen_vl(args.model, args.out)
+            print(f"wrote {out} (a Qwen-VL folder: add Qwen-VL-Chat's *.py files to load it with trust_remote_code)")
+            return 0
         out = export_hf_llava(args.model, args.out)
-    except ExportError as err:
+    except (ExportError, QwenVLExportError) as err:
         print(err)
         return 2
     print(f"wrote {out} (load with LlavaForConditionalGeneration / AutoProcessor)")
@@ -327,9 +334,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from .export_qwen_vl import QwenVLExportError, import_qwen_vl
+
     try:
-        out = import_hf_llava(args.model, args.out)
-    except ExportError as err:
+        out = (import_qwen_vl if args.format == "qwen-vl" else import_hf_llava)(args.model, args.out)
+    except (ExportError, QwenVLExportError) as err:
         print(err)
         return 2
     print(f"wrote {out} (a fusevlm model folder)")

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from .models.configuration import FuseVLMConfig
+from .models.qwen_v1 import QwenV1ConversionError, qwen_v1_config_to_qwen2
 from .models.vision import VISION_ENCODERS, get_vision_encoder_class
 from .models.vision.hf import HFVisionEncoder
 from .models.vision.qwen_vl import DEFAULT_CONFIG as QWEN_VL_DEFAULTS
@@ -58,33 +59,16 @@ def read_model_config(name: str | Path, configs_dir: Path = MODEL_CONFIGS) -> di
 
 
 # ---- the model, from configs only -------------------------------------------------------------------------
-def qwen_v1_as_qwen2(raw: dict[str, Any]) -> dict[str, Any]:
-    """A Qwen (v1, remote code, ``model_type: qwen``) config as the transformers-native Qwen2 config of the same
-    shapes: v1's ``intermediate_size`` is twice the MLP width; its fused c_attn has a bias, as Qwen2's q/k/v do."""
-    heads = raw["num_attention_heads"]
-    if raw.get("kv_channels", raw["hidden_size"] // heads) * heads != raw["hidden_size"]:
-        raise PlanError("a Qwen v1 config with kv_channels * heads != hidden_size has no Qwen2 equivalent")
-    return {
-        "model_type": "qwen2",
-        "hidden_size": raw["hidden_size"],
-        "intermediate_size": raw["intermediate_size"] // 2,
-        "num_hidden_layers": raw["num_hidden_layers"],
-        "num_attention_heads": heads,
-        "num_key_value_heads": heads,
-        "vocab_size": raw["vocab_size"],
-        "max_position_embeddings": raw.get("seq_length", 2048),
-        "rms_norm_eps": raw.get("layer_norm_epsilon", 1e-6),
-        "rope_theta": raw.get("rotary_emb_base", 10000),
-        "tie_word_embeddings": raw.get("tie_word_embeddings", False),
-    }
-
-
 def text_config(name: str | Path, configs_dir: Path = MODEL_CONFIGS) -> PretrainedConfig:
     """The LLM's config as a transformers config object (what ``AutoModelForCausalLM.from_config`` takes)."""
     raw = read_model_config(name, configs_dir)
     if raw.get("model_type") == "qwen":
-        # Remote code: AutoConfig cannot read it without running the checkpoint's Python; the shapes are all we need.
-        raw = qwen_v1_as_qwen2(raw)
+        # Remote code that AutoConfig cannot read: planned as what `fusevlm convert-llm qwen-v1` makes of it (a
+        # Qwen-VL config's vision part is the vision spec's business).
+        try:
+            return qwen_v1_config_to_qwen2({k: v for k, v in raw.items() if k != "visual"})
+        except QwenV1ConversionError as err:
+            raise PlanError(f"{name}: {err}") from err
     if "model_type" not in raw:
         raise PlanError(f"{name}: config has no model_type, so it names no transformers model")
     raw = dict(raw)

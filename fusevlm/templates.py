@@ -81,12 +81,38 @@ LLAMA3 = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 
+# CodeFuse-VLM-14B's format: Qwen-VL-Chat's ChatML with its fixed system line and each image as
+# "Picture N:<img>IMAGE</img>\n" ahead of the user's words, as the seed built prompts for Qwen LLMs in training
+# (llava/train/train.py, preprocess_multimodal + preprocess_qwen) and evaluation (llava/eval/*_vqa.py). The image
+# tokens sit between Qwen-VL's <img> and </img> tokens, where the seed's model put its 256 resampler outputs.
+CODEFUSE_QWEN_SYSTEM = "You are a helpful assistant."
+CODEFUSE_QWEN = (
+    "{% set pictures = namespace(count=0) %}"
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set rest = messages[1:] %}"
+    "{% else %}{% set system = '" + CODEFUSE_QWEN_SYSTEM + "' %}{% set rest = messages %}{% endif %}"
+    "{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}"
+    "{% for message in rest %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% for _ in range(message['content'].count('<image>')) %}{% set pictures.count = pictures.count + 1 %}"
+    "{{ 'Picture ' + pictures.count|string + ':<img><image></img>\\n' }}{% endfor %}"
+    "{{ message['content'].replace('<image>\\n', '').replace('\\n<image>', '').replace('<image>', '') }}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 BUILTIN_TEMPLATES: dict[str, str] = {
     "plain": PLAIN,
     "vicuna_v1": VICUNA_V1,
     "chatml": CHATML,
     "llama2": LLAMA2,
     "llama3": LLAMA3,
+    "codefuse_qwen": CODEFUSE_QWEN,
 }
 
 

@@ -15,17 +15,9 @@ from .llm import add_image_token, load_llm
 from .projectors import Projector, build_projector
 from .vision import VisionEncoder, VisionSource, load_vision_encoder
 from .vlm import FuseVLMForConditionalGeneration
+from .weights import load_strict, read_weights
 
 logger = logging.getLogger(__name__)
-
-# Prefixes under which other code bases saved projector weights (LLaVA's mm_projector.bin, the seed's files).
-PROJECTOR_KEY_PREFIXES = (
-    "model.mm_projector.",
-    "mm_projector.",
-    "model.projector.",
-    "projector.",
-    "attn_pool.",
-)
 
 
 def build_vlm(
@@ -51,6 +43,20 @@ def build_vlm(
     language_model, tokenizer = load_llm(
         llm, dtype=dtype, trust_remote_code=trust_remote_code, model_kwargs=llm_kwargs, **hub_kwargs
     )
+    return assemble(encoder, projector, language_model, tokenizer, image_token=image_token, chat_template=chat_template)
+
+
+def assemble(
+    encoder: VisionEncoder,
+    projector: str | dict[str, Any],
+    language_model: PreTrainedModel,
+    tokenizer: Any,
+    *,
+    image_token: str = "<image>",
+    chat_template: str | None = None,
+) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
+    """A model and processor from a loaded encoder and LLM: the image token is added, the projector built (from the
+    encoder checkpoint's own resampler when it carries one that fits)."""
     image_token_id = add_image_token(tokenizer, language_model, image_token)
 
     projector_config = {"type": projector} if isinstance(projector, str) else dict(projector)
@@ -119,18 +125,6 @@ def image_processor_for(encoder: VisionEncoder) -> Any:
     return getattr(encoder, "pretrained_image_processor", None) or encoder.default_image_processor()
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors, or from a pickle with ``weights_only=True`` (never arbitrary objects)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def load_matching_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load the tensors whose names and shapes fit; say which were left freshly initialised."""
     own = module.state_dict()
@@ -143,57 +137,53 @@ def load_matching_weights(module: torch.nn.Module, state_dict: dict[str, torch.T
         )
 
 
-def projector_state_from_checkpoint(
-    state_dict: dict[str, torch.Tensor], projector: Projector
-) -> dict[str, torch.Tensor]:
-    """Rename a saved projector's keys (LLaVA's ``model.mm_projector.0.weight``, ...) to ours."""
-    renamed = {}
-    for key, tensor in state_dict.items():
-        for prefix in PROJECTOR_KEY_PREFIXES:
+def projector_key(key: str) -> str:
+    """A projector tensor's name without the prefix its code base saved it under.
+
+    Any prefix ending in ``mm_projector.`` (LLaVA's ``model.``, the seed's ``transformer.`` for a Qwen LLM, or
+    none), or fusevlm's own ``projector.``; then the resampler's ``attn_pool.`` (the seed's and Qwen-VL's name):
+    ``cross_attn`` holds the resampler's tensors at its top level, beside ``ln_post`` and ``proj``.
+    """
+    if "mm_projector." in key:
+        key = key.rsplit("mm_projector.", 1)[1]
+    else:
+        for prefix in ("model.projector.", "projector."):
             if key.startswith(prefix):
                 key = key[len(prefix) :]
                 break
-        renamed[key] = tensor
+    return key.removeprefix("attn_pool.")
+
+
+def projector_state_from_checkpoint(
+    state_dict: dict[str, torch.Tensor], projector: Projector, source: str = "projector weights"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Rename a saved projector's keys to ours; also returns our name -> the file's name, for error messages."""
+    renamed: dict[str, torch.Tensor] = {}
+    file_names: dict[str, str] = {}
+    for key, tensor in state_dict.items():
+        name = projector_key(key)
+        if name in renamed:
+            raise ValueError(f"{source}: {file_names[name]!r} and {key!r} are the same projector tensor {name!r}")
+        renamed[name], file_names[name] = tensor, key
     own = set(projector.state_dict())
-    if own <= set(renamed):
-        return renamed
-    # LLaVA saves an MLP as a bare nn.Sequential ("0.weight") and a linear projector as "weight".
-    for inner in ("mlp.", "linear."):
-        candidate = {inner + k: v for k, v in renamed.items()}
-        if own <= set(candidate):
-            return candidate
-    return renamed
+    # LLaVA saves an MLP as a bare nn.Sequential ("0.weight") and a linear projector as "weight": take the reading
+    # that names most of our tensors (so an incomplete file is reported by the keys it really lacks).
+    inner = max(("", "mlp.", "linear."), key=lambda p: len(own & {p + k for k in renamed}))
+    return ({inner + k: v for k, v in renamed.items()}, {inner + k: v for k, v in file_names.items()})
 
 
-def load_projector_weights(projector: Projector, path: str | Path) -> None:
-    """Load a projector weights file strictly: every tensor must be there with the right shape."""
-    state = projector_state_from_checkpoint(read_weights(path), projector)
-    own = projector.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        details = "; ".join(
-            f"{label}: {keys[:6]}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
-            if keys
-        )
-        raise ValueError(f"{path}: does not fit projector {projector.name!r}: {details}")
-    projector.load_state_dict(state, strict=True)
+def load_projector_weights(
+    projector: Projector, weights: str | Path | dict[str, torch.Tensor], source: str | None = None
+) -> None:
+    """Load projector weights strictly: every tensor there with the right shape, none left over (named if not).
 
-
-def load_mixed_pretrained_model(
-    llm_path: str | Path,
-    vision_path: VisionSource,
-    projector_type: str | dict[str, Any],
-    projector_path: str | Path | None = None,
-    **kwargs: Any,
-) -> tuple[FuseVLMForConditionalGeneration, FuseVLMProcessor]:
-    """The seed's loader: an LLM folder, a vision folder, a projector type and (optionally) its weights file."""
-    model, processor = build_vlm(vision_path, projector_type, llm_path, **kwargs)
-    if projector_path is not None:
-        load_projector_weights(model.projector, projector_path)
-    return model, processor
+    ``weights``: a file (safetensors, or a pickle read with ``weights_only=True``) or a state dict; key prefixes
+    are read as :func:`projector_key` says. Tensors of another dtype (the seed's bf16) are cast to the projector's.
+    """
+    source = source or str(weights)
+    state = read_weights(weights) if isinstance(weights, str | Path) else weights
+    renamed, file_names = projector_state_from_checkpoint(state, projector, source)
+    load_strict(projector, renamed, source, f"projector {projector.name!r}", file_names)
 
 
 def parameter_table(model: FuseVLMForConditionalGeneration) -> list[dict[str, Any]]:

@@ -209,7 +209,13 @@ def _gather_configs(recipe: Recipe, configs_dir: Path) -> bool:
         _raw_config(name, configs_dir, f"{recipe.source}: model.vision")
     raw = _raw_config(spec.llm, configs_dir, f"{recipe.source}: model.llm")
     model_type = raw.get("model_type")
-    if model_type != "qwen" and not _known_model_type(model_type):
+    if model_type == "qwen" and not spec.trust_remote_code:
+        raise RecipeError(
+            f"{recipe.source}: model.llm {spec.llm!r} is a Qwen v1 checkpoint (model_type 'qwen'), remote code that "
+            "transformers 5 does not run. Convert its downloaded folder once with "
+            "`fusevlm convert-llm qwen-v1 <folder> <out>` and set model.llm to <out>"
+        )
+    if not _known_model_type(model_type):
         if spec.trust_remote_code:
             return False
         raise RecipeError(

@@ -98,7 +98,7 @@ def test_pickled_projector_weights_load_only_as_plain_tensors(tmp_path, checkpoi
     with open(bad, "wb") as handle:
         pickle.dump({"weight": Evil()}, handle)
     with pytest.raises(pickle.UnpicklingError):
-        load_mixed_pretrained_model(llm, vision, "linear", bad)
+        load_mixed_pretrained_model(llm, None, None, vision, "linear", bad)
 
 
 def test_llava_style_projector_file_loads_and_a_wrong_one_says_what_differs(tmp_path, checkpoints):
@@ -109,11 +109,11 @@ def test_llava_style_projector_file_loads_and_a_wrong_one_says_what_differs(tmp_
     }
     assert "model.mm_projector.0.weight" in llava_keys
     torch.save(llava_keys, tmp_path / "mm_projector.bin")
-    model, _ = load_mixed_pretrained_model(llm, vision, "mlp2x_gelu", tmp_path / "mm_projector.bin")
+    _, model, _, _ = load_mixed_pretrained_model(llm, None, None, vision, "mlp2x_gelu", tmp_path / "mm_projector.bin")
     for key, value in source.projector.state_dict().items():
         assert torch.equal(model.projector.state_dict()[key], value)
     with pytest.raises(ValueError, match=r"does not fit projector 'mlp\{N\}x_gelu'.*missing"):
-        load_mixed_pretrained_model(llm, vision, "mlp3x_gelu", tmp_path / "mm_projector.bin")
+        load_mixed_pretrained_model(llm, None, None, vision, "mlp3x_gelu", tmp_path / "mm_projector.bin")
 
 
 def test_a_folder_of_another_architecture_is_refused_by_name(checkpoints):

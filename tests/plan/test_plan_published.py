@@ -41,6 +41,7 @@ def test_llava_projector_and_image_tokens(llava):
 
 
 def test_qwen_14b_is_14_2b(codefuse):
+    assert codefuse["sources"]["llm"] == "models/Qwen-14B-qwen2"  # the converted folder, planned offline
     assert near(codefuse["parameters"]["language_model"]["total"], 14.2e9, 0.02)
     assert codefuse["image_tokens"] == 256
 
@@ -65,39 +66,26 @@ def test_qwen_vl_visual_is_1_9b():
     assert near(parts["language_model"], 7.7e9, 0.02)
 
 
-def test_qwen_v1_config_reads_as_the_shipped_qwen2_shapes(tmp_path):
-    # Qwen-14B's own config.json (remote code): intermediate_size is twice the MLP width.
-    v1 = {
-        "model_type": "qwen",
-        "hidden_size": 5120,
-        "intermediate_size": 27392,
-        "num_hidden_layers": 40,
-        "num_attention_heads": 40,
-        "kv_channels": 128,
-        "vocab_size": 152064,
-        "seq_length": 2048,
-        "layer_norm_epsilon": 1e-6,
-        "rotary_emb_base": 10000,
-        "tie_word_embeddings": False,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(v1))
-    local, shipped = text_config(tmp_path), text_config("Qwen/Qwen-14B")
-    keys = (
-        "model_type",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "vocab_size",
-        "tie_word_embeddings",
-        "rms_norm_eps",
-    )
-    assert {k: getattr(local, k) for k in keys} == {k: getattr(shipped, k) for k in keys}
+def test_qwen_14b_converts_to_the_shipped_qwen2_config():
+    """Qwen-14B's published v1 config, converted, has Qwen-14B's published shapes, and the shipped config of the
+    converted folder the codefuse recipe names is exactly what `fusevlm convert-llm qwen-v1` writes for it."""
+    converted = text_config("Qwen/Qwen-14B")  # the v1 config.json, read as its conversion
+    assert converted.model_type == "qwen2"
+    assert (converted.hidden_size, converted.num_hidden_layers, converted.num_attention_heads) == (5120, 40, 40)
+    assert (converted.intermediate_size, converted.num_key_value_heads) == (27392 // 2, 40)
+    assert (converted.vocab_size, converted.max_position_embeddings, converted.rms_norm_eps) == (152064, 2048, 1e-6)
+    assert converted.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
+    assert converted.tie_word_embeddings is False and converted.use_sliding_window is False
+    shipped = json.loads((MODEL_CONFIGS / "models--Qwen-14B-qwen2.json").read_text())
+    shipped.pop("_source")
+    written = converted.to_diff_dict()
+    written.pop("transformers_version")
+    assert shipped == written
+    assert text_config("models/Qwen-14B-qwen2").to_dict() == converted.to_dict()
 
 
 def test_every_shipped_config_has_its_source():
     files = sorted(MODEL_CONFIGS.glob("*.json"))
-    assert len(files) == 4
+    assert len(files) == 5
     for path in files:
         assert json.loads(path.read_text())["_source"].startswith("https://huggingface.co/"), path.name

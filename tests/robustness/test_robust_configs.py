@@ -47,6 +47,10 @@ def poisoned(checkpoints, tmp_path_factory):
     (remote / "config.json").write_text(json.dumps({"model_type": "my_secret_model",
                                                     "auto_map": {"AutoModelForCausalLM": "modeling_x.M"}}))
     folders["remote"] = str(remote)
+    qwen = root / "Qwen-14B"  # the shipped Qwen-14B config.json, as a download has it
+    qwen.mkdir()
+    shutil.copyfile(Path(__file__).resolve().parents[2] / "recipes/model_configs/Qwen--Qwen-14B.json", qwen / "config.json")
+    folders["qwen_v1"] = str(qwen)
     return folders
 
 
@@ -100,6 +104,8 @@ CASES = {
                                        "has no config.json"),
     "LLM that needs remote code, not trusted": (lambda p, t: {"model": {**model(p), "llm": p["remote"]}},
                                                 "needs the checkpoint's own code"),
+    "Qwen v1 LLM, not converted": (lambda p, t: {"model": {**model(p), "llm": p["qwen_v1"]}},
+                                   "fusevlm convert-llm qwen-v1"),
     "unknown template": (lambda p, t: {"template": "chatmll"}, "unknown chat template 'chatmll'"),
     "unknown stage": (lambda p, t: {"stage": "pretrain"}, "stage must be one of"),
     "unknown recipe key (typo)": (lambda p, t: {"learning_rat": 1e-3}, "did you mean learning_rate"),

@@ -61,7 +61,7 @@ def test_a_malicious_pickle_is_refused_and_never_runs(where, parts, model_dir, q
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         if where == "projector weights file":
             evil_pickle(tmp_path / "mm_projector.bin", marker)
-            load_mixed_pretrained_model(parts["llm"], parts["vision"], "linear", tmp_path / "mm_projector.bin")
+            load_mixed_pretrained_model(parts["llm"], None, None, parts["vision"], "linear", tmp_path / "mm_projector.bin")
         elif where == "LLM folder":
             load_llm(copy_with_pickled_weights(parts["llm"], tmp_path / "llm", marker))
         elif where == "vision folder":
@@ -78,7 +78,7 @@ def test_a_malicious_pickle_is_refused_and_never_runs(where, parts, model_dir, q
 def test_plain_tensor_pickles_still_load(parts, tmp_path):
     model, _ = build_vlm(parts["vision"], "linear", parts["llm"])
     torch.save({f"model.mm_projector.{k}": v for k, v in model.projector.state_dict().items()}, tmp_path / "p.bin")
-    loaded, _ = load_mixed_pretrained_model(parts["llm"], parts["vision"], "linear", tmp_path / "p.bin")
+    _, loaded, _, _ = load_mixed_pretrained_model(parts["llm"], None, None, parts["vision"], "linear", tmp_path / "p.bin")
     for key, value in model.projector.state_dict().items():
         assert torch.equal(loaded.projector.state_dict()[key], value)
 

@@ -29,7 +29,10 @@ def build_vision_encoder(spec: dict[str, Any]) -> VisionEncoder:
 
 
 def detect_encoder(path: str | Path, **hub_kwargs: Any) -> str:
-    """Which registered family a checkpoint folder or hub name belongs to, from its config.json alone."""
+    """Which registered family a checkpoint folder or hub name belongs to, from its files (config.json, mostly)."""
+    for name, cls in VISION_ENCODERS.items():
+        if cls.accepts_folder(path):
+            return name
     config_dict = checkpoint_config_dict(path, **hub_kwargs)
     for name, cls in VISION_ENCODERS.items():
         if cls.accepts_checkpoint(config_dict):

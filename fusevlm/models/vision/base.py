@@ -81,6 +81,11 @@ class VisionEncoder(nn.Module):
         return False
 
     @classmethod
+    def accepts_folder(cls, path: str | Path) -> bool:
+        """Whether a local folder without a ``config.json`` of its own is this family's (the seed's layouts)."""
+        return False
+
+    @classmethod
     def from_pretrained(
         cls, path: str | Path, spec: dict[str, Any] | None = None, **hub_kwargs: Any
     ) -> VisionEncoder:

@@ -3,6 +3,10 @@
 Our own implementation with the same parameter names as ``transformer.visual.*`` in a Qwen-VL checkpoint, so the
 weights load directly. Qwen-VL's resampler (``attn_pool``, ``ln_post``, ``proj``) is not part of the trunk: it is
 the ``cross_attn`` projector (``fusevlm/models/projectors.py``), which receives those weights.
+
+Two layouts load: a full Qwen-VL checkpoint (``config.json`` with a ``visual`` section, ``transformer.visual.*``
+tensors), and the seed's ``Qwen-VL-visual/`` folder (CodeFuse-MFT-VLM): ``visual_config.json`` plus ``visual.bin``,
+the trunk's state dict alone (256 position rows, no resampler; the seed's resampler lives in its projector file).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from ..weights import load_strict, read_weights
 from .base import VisionEncoder, checkpoint_config_dict, register_vision_encoder
 
 QWEN_VL_PREFIX = "transformer.visual."
@@ -24,6 +29,15 @@ QWEN_VL_PREFIX = "transformer.visual."
 RESAMPLER_PREFIXES = ("attn_pool.", "ln_post.", "proj")
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# The seed's Qwen-VL-visual/ folder.
+SEED_VISUAL_CONFIG = "visual_config.json"
+SEED_VISUAL_WEIGHTS = "visual.bin"
+SEED_TRUNK_KEYS = ("heads", "image_size", "layers", "mlp_ratio", "patch_size", "width")
+# Also in the seed's visual_config.json, not the trunk's: the LLM's <img> token id, and the size of a resampler the
+# seed's trunk does not hold (its resampler is sized by the LLM, in the projector file).
+SEED_OTHER_KEYS = ("image_start_id", "output_dim", "n_queries")
+SEED_NUM_POSITIONS = 256  # the seed's trunk always holds 256 position rows, resized to the patch grid per forward
 
 DEFAULT_CONFIG = {
     "image_size": 448,
@@ -158,10 +172,17 @@ class QwenVLEncoder(VisionEncoder):
         return config_dict.get("model_type") == "qwen" and isinstance(config_dict.get("visual"), dict)
 
     @classmethod
+    def accepts_folder(cls, path: str | Path) -> bool:
+        return (Path(path) / SEED_VISUAL_CONFIG).is_file()
+
+    @classmethod
     def from_pretrained(
         cls, path: str | Path, spec: dict[str, Any] | None = None, **hub_kwargs: Any
     ) -> QwenVLEncoder:
-        """Load the trunk from a Qwen-VL checkpoint; keep its resampler weights for a ``cross_attn`` projector."""
+        """Load the trunk from a Qwen-VL checkpoint (keeping its resampler weights for a ``cross_attn`` projector) or
+        from the seed's ``Qwen-VL-visual/`` folder."""
+        if cls.accepts_folder(path):
+            return cls.from_seed_folder(path, spec)
         config_dict = checkpoint_config_dict(path, **hub_kwargs)
         if not cls.accepts_checkpoint(config_dict):
             raise ValueError(f"{path}: not a Qwen-VL checkpoint (config.json has no 'visual' section)")
@@ -187,6 +208,44 @@ class QwenVLEncoder(VisionEncoder):
             "num_heads": max(1, output_dim // 128),
             "state_dict": resampler_state,
         }
+        encoder.pretrained_image_processor = None
+        return encoder
+
+    @classmethod
+    def from_seed_folder(cls, path: str | Path, spec: dict[str, Any] | None = None) -> QwenVLEncoder:
+        """The seed's ``Qwen-VL-visual/``: ``visual_config.json`` sizes the trunk, ``visual.bin`` must fit it exactly.
+
+        ``encoder.seed_visual_config`` keeps the file's fields (``image_start_id`` is the LLM's ``<img>`` token).
+        """
+        folder = Path(path)
+        config_file = folder / SEED_VISUAL_CONFIG
+        try:
+            visual = json.loads(config_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_file}: not valid JSON ({err})") from err
+        missing = [key for key in SEED_TRUNK_KEYS if key not in visual]
+        unknown = sorted(set(visual) - set(SEED_TRUNK_KEYS) - set(SEED_OTHER_KEYS))
+        if missing or unknown:
+            raise ValueError(
+                f"{config_file}: " + "; ".join(
+                    f"{label}: {', '.join(keys)}" for label, keys in (("missing", missing), ("unknown", unknown)) if keys
+                ) + f" (a seed visual_config.json holds {', '.join(sorted(SEED_TRUNK_KEYS + SEED_OTHER_KEYS))})"
+            )
+        spec = dict(spec or {})
+        spec["config"] = {
+            "image_size": int(visual["image_size"]),
+            "patch_size": int(visual["patch_size"]),
+            "width": int(visual["width"]),
+            "layers": int(visual["layers"]),
+            "heads": int(visual["heads"]),
+            "mlp_ratio": float(visual["mlp_ratio"]),
+            "num_positions": SEED_NUM_POSITIONS,
+        }
+        spec.setdefault("source", str(folder))
+        encoder = cls(spec)
+        weights = folder / SEED_VISUAL_WEIGHTS
+        load_strict(encoder, read_weights(weights), str(weights), "the Qwen-VL trunk its visual_config.json describes")
+        encoder.seed_visual_config = visual
         encoder.pretrained_image_processor = None
         return encoder
 
