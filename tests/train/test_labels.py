@@ -34,6 +34,7 @@ BUILTIN_EXPECTED = {
     "chatml": (["red<|im_end|>", "a square<|im_end|>"], False),
     "llama2": (["red <|endoftext|>", "a square <|endoftext|>"], True),
     "llama3": (["red<|eot_id|>", "a square<|eot_id|>"], False),
+    "codefuse_qwen": (["red<|im_end|>", "a square<|im_end|>"], False),  # the seed's Qwen-VL ChatML
 }
 
 # Hub chat templates without {% generation %} marks, written from each family's documented prompt format (the
