@@ -6,6 +6,7 @@ Not a test module: the scripts in this folder are run by hand (``python benchmar
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -58,9 +59,42 @@ class BenchConfig:
 CONFIGS = {
     # ~0.3M parameters: framework overhead dominates
     "tiny": BenchConfig("tiny", 64, 2, 2, 32, 8, 64, 2, 4, 2, 128, 1000, 4, 16, 16),
-    # ~48M parameters, vocab 32000 (Llama-2's), 8 rows of 1+64+48+48 tokens: a step takes about a second on 2 cores
+    # ~48M parameters, vocab 32000 (Llama-2's), 8 rows of 1+64+48+48 tokens: a step takes about a second on 2 cores.
+    # Its LM head is 1.3x the FLOPs of the 4 decoder layers, so skipping the head at untrained positions is most of
+    # what a training step saves here: far from a 7B model's proportions (see 7b-shape).
     "small": BenchConfig("small", 256, 4, 4, 112, 14, 512, 4, 8, 4, 1376, 32000, 8, 48, 48),
+    # LLaVA-1.5-7B's proportions at 1/8 of Vicuna-7B's width and depth (512 wide, 4 layers, the same 2.69x MLP and
+    # 128-wide heads, no GQA): the vocabulary shrinks with width x depth / width = 64x (32000 -> 500), so the head
+    # is 2.0% of the decoder's matmul FLOPs per token, as in Vicuna-7B (4096 x 32000 against 32 layers of 4096 x
+    # 4096 x 4 + 3 x 4096 x 11008). The sequence keeps LLaVA-1.5's image share: 64 image tokens of ~87 (0.74; LLaVA:
+    # 576 of ~780 on an instruct sample with one image, assumed), ~12% of them trained (the answers). The tower is a
+    # small CLIP: in LLaVA-1.5 the frozen ViT-L runs forward only, ~1% of a step's FLOPs.
+    "7b-shape": BenchConfig("7b-shape", 128, 2, 2, 64, 8, 512, 4, 4, 4, 1376, 500, 8, 8, 14),
+    # ~0.5B parameters for GPUs (benchmarks/gpu.sh): CLIP ViT-B-wide at 336 px / 14 (576 image tokens, as LLaVA-1.5),
+    # a 1280-wide 20-layer Llama, vocab 32000; 8 rows of 1+576+64+128 tokens.
+    "0.5b": BenchConfig("0.5b", 768, 12, 12, 336, 14, 1280, 20, 20, 20, 3584, 32000, 8, 64, 128),
 }
+
+# Vicuna-7B (LLaVA-1.5-7B's LM), for the proportions 7b-shape keeps.
+VICUNA_7B = {"hidden": 4096, "layers": 32, "intermediate": 11008, "vocab": 32000, "kv_hidden": 4096}
+
+
+def head_to_body_flops(hidden: int, layers: int, intermediate: int, vocab: int, kv_hidden: int) -> float:
+    """The LM head's matmul FLOPs per token over the decoder layers' (q, k, v, o and the gated MLP)."""
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv_hidden + 3 * hidden * intermediate
+    return hidden * vocab / (layers * per_layer)
+
+
+def proportions(cfg: BenchConfig) -> dict[str, float]:
+    """What sets the fast loss path's gain: the head's FLOP share, and how much of a batch is images / trained."""
+    batch = training_batch(cfg)
+    real = int(batch["attention_mask"].sum())
+    return {
+        "head_to_body_flops": head_to_body_flops(cfg.hidden, cfg.layers, cfg.intermediate, cfg.vocab,
+                                                 cfg.kv_heads * cfg.hidden // cfg.heads),
+        "image_token_share": cfg.batch * cfg.image_tokens / real,
+        "trained_share": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) / real,
+    }
 
 
 def parse_configs(names: str) -> list[BenchConfig]:
@@ -164,10 +198,66 @@ def generation_prompts(cfg: BenchConfig, seed: int = 0) -> dict[str, torch.Tenso
     return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixel_values}
 
 
+def equal_work(model: FuseVLMForConditionalGeneration) -> FuseVLMForConditionalGeneration:
+    """Turn off the fast loss path (LM head and cross-entropy at trained positions only): the model then computes
+    full logits in training, as Llava does, so a ratio measures the framework rather than the work skipped."""
+    model.trains_at_labelled_positions = lambda: False  # an instance attribute shadows the method
+    return model
+
+
+# ---- devices ----------------------------------------------------------------------------------------------------
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def add_device_arguments(parser: Any) -> None:
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--attn", default=None, choices=("eager", "sdpa", "flash_attention_2"),
+                        help="attention implementation of both models (default: transformers' choice)")
+
+
+def device_settings(args: Any) -> tuple[torch.device, torch.dtype, str | None]:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    if args.attn == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise SystemExit("--attn flash_attention_2: the flash-attn package is not installed (or no CUDA)")
+    return device, dtype, args.attn
+
+
+def place(model: nn.Module, device: torch.device, dtype: torch.dtype, attn: str | None) -> nn.Module:
+    if attn is not None:
+        model.set_attn_implementation(attn)
+    return model.to(device=device, dtype=dtype)
+
+
+def on_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    return batch
+
+
+def loss_tolerance(dtype: torch.dtype) -> float:
+    """How far two equal computations' losses may drift: fp32 rounding, or bf16's 8-bit mantissa."""
+    return 1e-5 if dtype == torch.float32 else 2e-2
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 # ---- timing and output ----------------------------------------------------------------------------------------
-def timed(fn: Any) -> float:
+def timed(fn: Any, device: torch.device | None = None) -> float:
+    if device is not None:
+        sync(device)
     start = time.perf_counter()
     fn()
+    if device is not None:
+        sync(device)
     return time.perf_counter() - start
 
 
@@ -175,14 +265,29 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
+    """What a figure was measured on, stored with it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_cores": cores,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda_runtime": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
@@ -201,12 +306,22 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
-def write_json(path: str | None, payload: dict[str, Any]) -> None:
-    if not path:
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+RESULTS = Path(__file__).parent / "results"
+
+
+def write_results(benchmark: str, payload: dict[str, Any], quick: bool, path: str | Path | None = None,
+                  device: str = "cpu") -> Path:
+    """The run's JSON, with the machine it ran on: ``benchmarks/results/<benchmark>.<device>[.quick].json`` unless
+    ``path`` says otherwise. ``benchmarks/report.py`` builds the README's table from these files; a quick run's file
+    says ``"quick": true`` and the table marks it so."""
+    if path is None:
+        path = RESULTS / f"{benchmark}.{device}{'.quick' if quick else ''}.json"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": benchmark, "quick": quick, "device": device, "machine": machine(), **payload}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
+    return path
 
 
 def config_dict(cfg: BenchConfig) -> dict[str, Any]:

@@ -5,7 +5,8 @@ of varying length), greedy decoding with the KV cache, a fixed number of new tok
 The generated tokens must be identical; then both are timed, interleaved (alternating which goes first), and the
 median tokens/s and their ratio are printed.
 
-    python benchmarks/generation.py [--configs tiny,small] [--new-tokens 32] [--repeats 7] [--quick] [--json PATH]
+    python benchmarks/generation.py [--configs tiny,small,7b-shape] [--new-tokens 32] [--repeats 7] [--quick]
+    python benchmarks/generation.py --configs 0.5b --device cuda --dtype bf16 --attn sdpa   # see gpu.sh
 """
 
 from __future__ import annotations
@@ -14,24 +15,28 @@ import argparse
 
 import torch
 from common import (
+    add_device_arguments,
     build_pair,
     config_dict,
+    device_settings,
     generation_prompts,
     median,
+    on_device,
     parse_configs,
+    place,
     print_table,
     timed,
-    write_json,
+    write_results,
 )
 
 TARGET = 1.0
 
 
-def run_config(cfg, new_tokens: int, repeats: int, warmup: int) -> dict:
+def run_config(cfg, new_tokens: int, repeats: int, warmup: int, device, dtype, attn) -> dict:
     fuse, llava = build_pair(cfg)
-    fuse.eval()
-    llava.eval()
-    prompts = generation_prompts(cfg)
+    for model in (fuse, llava):
+        place(model, device, dtype, attn).eval()
+    prompts = on_device(generation_prompts(cfg), device, dtype)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     outputs: dict[str, torch.Tensor] = {}
 
@@ -46,12 +51,16 @@ def run_config(cfg, new_tokens: int, repeats: int, warmup: int) -> dict:
     times = {"fusevlm": [], "llava": []}
     for i in range(warmup + repeats):
         for name, run in runs if i % 2 == 0 else runs[::-1]:
-            seconds = timed(run)
+            seconds = timed(run, device)
             if i >= warmup:
                 times[name].append(seconds)
         if i == 0:
-            assert torch.equal(outputs["fusevlm"], outputs["llava"]), f"{cfg.name}: generated tokens differ"
+            assert outputs["fusevlm"].shape == outputs["llava"].shape
             assert outputs["fusevlm"].shape[1] == prompts["input_ids"].shape[1] + new_tokens
+            same = (outputs["fusevlm"] == outputs["llava"]).float().mean().item()
+            # fp32: the same decode op for op, so the same tokens; bf16 may flip a near-tie, and a flipped token
+            # changes what follows it in that row
+            assert same == 1.0 or (dtype != torch.float32 and same >= 0.9), f"{cfg.name}: tokens {same:.1%} equal"
     tokens = cfg.batch * new_tokens
     fuse_tps, llava_tps = tokens / median(times["fusevlm"]), tokens / median(times["llava"])
     return {
@@ -59,7 +68,7 @@ def run_config(cfg, new_tokens: int, repeats: int, warmup: int) -> dict:
         "batch": cfg.batch,
         "prompt_len": prompts["input_ids"].shape[1],
         "new_tokens": new_tokens,
-        "identical_tokens": True,
+        "identical_tokens": same,
         "repeats": repeats,
         "median_s": {"fusevlm": median(times["fusevlm"]), "llava": median(times["llava"])},
         "tokens_per_s": {"fusevlm": fuse_tps, "llava": llava_tps},
@@ -71,19 +80,22 @@ def run_config(cfg, new_tokens: int, repeats: int, warmup: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tiny,small")
+    parser.add_argument("--configs", default="tiny,small,7b-shape")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7, help="timed generate() calls per model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="3 timed calls of 16 new tokens: a smoke run")
-    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/)")
+    add_device_arguments(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats, args.new_tokens = 3, 16
-    results = [run_config(cfg, args.new_tokens, args.repeats, args.warmup) for cfg in parse_configs(args.configs)]
+    device, dtype, attn = device_settings(args)
+    results = [run_config(cfg, args.new_tokens, args.repeats, args.warmup, device, dtype, attn)
+               for cfg in parse_configs(args.configs)]
     print_table(
         ["config", "batch", "prompt", "new", "same tokens", "fusevlm tok/s", "llava tok/s", "ratio", "target"],
         [
@@ -101,7 +113,8 @@ def main() -> None:
             for r in results
         ],
     )
-    write_json(args.json, {"benchmark": "generation", "quick": args.quick, "results": results})
+    settings = {"dtype": str(dtype), "attn": attn or "default", "threads": torch.get_num_threads()}
+    write_results("generation", {**settings, "results": results}, args.quick, args.json, device.type)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ records the RSS once built, then trains a few steps (LLaVA-1.5 instruct stage, f
 each step's own peak is read; where that is not allowed, the process's lifetime peak (``ru_maxrss``) is used. The
 first step also allocates the optimizer state; the steady-state peak is the largest of the later steps.
 
-    python benchmarks/memory.py [--configs tiny,small] [--steps 3] [--quick] [--json out/memory.json]
+    python benchmarks/memory.py [--configs tiny,small,7b-shape] [--steps 3] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import CONFIGS, config_dict, print_table, write_json
+from common import CONFIGS, config_dict, print_table, write_results
 
 MB = 1024 * 1024
 
@@ -120,12 +120,12 @@ def run_child(config: str, model_name: str, checkpointing: bool, steps: int, thr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tiny,small")
+    parser.add_argument("--configs", default="tiny,small,7b-shape")
     parser.add_argument("--models", default="fusevlm,llava")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="2 steps per run: a smoke run")
-    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/)")
     parser.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -167,7 +167,7 @@ def main() -> None:
             for r in results
         ],
     )
-    write_json(args.json, {"benchmark": "memory", "quick": args.quick, "steps": args.steps, "results": results})
+    write_results("memory", {"steps": args.steps, "results": results}, args.quick, args.json)
 
 
 if __name__ == "__main__":

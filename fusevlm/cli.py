@@ -138,8 +138,9 @@ def _score(parser: argparse.ArgumentParser):
     parser.add_argument("--benchmark", required=True, help="vqav2 | textvqa | vizwiz | gqa | mmbench | mmbench_cn | ...")
     parser.add_argument("--data", required=True, type=Path, help="the benchmark's official question/annotation file")
     parser.add_argument("--answers", required=True, type=Path, help="the answers file to score")
-    parser.add_argument("--rules", default="official", choices=("official", "evalai"),
-                        help="answer normalisation for VQAv2/TextVQA/VizWiz")
+    parser.add_argument("--rules", default="official", choices=("official", "evalai", "verbose"),
+                        help="evalai: EvalAI's answer normalisation for VQAv2/TextVQA/VizWiz; verbose: MMBench choice "
+                        "extraction with the article rule VLMEvalKit applies under VERBOSE")
     parser.add_argument("--strict", action="store_true", help="fail if any question has no answer")
     parser.add_argument("--out", type=Path, default=None, help="also write scores.json and scores.md here")
 

@@ -50,8 +50,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="answer only the first N questions (the report says: scored N of M)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (per process)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    parser.add_argument("--rules", default="official", choices=("official", "evalai"),
-                        help="VQAv2/TextVQA/VizWiz answer normalisation (others always use their official rules)")
+    parser.add_argument("--rules", default="official", choices=("official", "evalai", "verbose"),
+                        help="evalai: EvalAI's answer normalisation for VQAv2/TextVQA/VizWiz; verbose: MMBench choice "
+                        "extraction with VLMEvalKit's VERBOSE article rule (others always use their official rules)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="default: the dtype the model folder was saved in")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

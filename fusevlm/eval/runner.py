@@ -57,6 +57,7 @@ ANSWERS_FILES: dict[str, str] = {
 # Checked before any generation, so a typo costs seconds rather than a whole run.
 RULE_SETS: dict[str, tuple[str, ...]] = {name: ("official",) for name in SCORERS}
 RULE_SETS.update({name: ("official", "evalai") for name in ("vqav2", "textvqa", "vizwiz")})
+RULE_SETS.update({name: ("official", "verbose") for name in ("mmbench", "mmbench_cn")})
 
 PARTIAL_FORMAT = 1
 
@@ -512,14 +513,15 @@ def evaluate_many(
     """Several ``(name, data, images)`` benchmarks with one model load: ``out/<name>/`` each, one table.
 
     ``out/scores.json`` holds ``{"model", "results": [...]}`` and ``out/scores.md`` the combined table.
-    ``rules="evalai"`` applies to the benchmarks that have that rule set (VQAv2, TextVQA, VizWiz); the
-    others are scored with their official rules, and each result records the rules it used.
+    ``rules="evalai"`` (VQAv2, TextVQA, VizWiz) or ``"verbose"`` (MMBench) applies to the benchmarks that have that
+    rule set; the others are scored with their official rules, and each result records the rules it used.
     """
     names = [name for name, _, _ in benchmarks]
     if len(set(names)) != len(names):
         raise EvalError(f"a benchmark is listed twice: {', '.join(names)}")
-    if rules not in ("official", "evalai"):
-        raise EvalError(f"unknown rule set {rules!r}; choose from 'official', 'evalai'")
+    known = sorted({r for sets in RULE_SETS.values() for r in sets})
+    if rules not in known:
+        raise EvalError(f"unknown rule set {rules!r}; choose from {', '.join(repr(r) for r in known)}")
     for name in names:  # all requests checked before the first (long) benchmark starts
         check_request(name, rules if rules in RULE_SETS.get(name, ()) else "official", limit)
     out = Path(out)

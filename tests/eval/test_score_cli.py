@@ -25,3 +25,15 @@ def test_score_command_writes_the_table_and_scores(tmp_path, capsys):
     foreign = write_json(tmp_path / "gqa_answers.json", [{"questionId": "1", "prediction": "yes"}])
     assert main(["score", "--benchmark", "textvqa", "--data", str(data), "--answers", str(foreign)]) == 2
     assert "gqa_answers.json" in capsys.readouterr().err
+
+
+def test_score_command_takes_the_mmbench_rule_set(mmbench_file, tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    preds = {1: "The answer is A", 1000001: "D", 2000001: "C", 3000001: "B", 2: "A", 1000002: "C", 2000002: "B"}
+    answers.write_text("".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in preds.items()))
+    for rules, score in (("official", 100.0), ("verbose", 50.0)):
+        out = tmp_path / rules
+        assert main(["score", "--benchmark", "mmbench", "--data", str(mmbench_file), "--answers", str(answers),
+                     "--rules", rules, "--out", str(out)]) == 0
+        scores = json.loads((out / "scores.json").read_text())
+        assert (scores["rules"], scores["score"]) == (rules, score)

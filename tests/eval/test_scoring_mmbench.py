@@ -25,10 +25,6 @@ OPTS = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
         ("Answer: D, the fish", "D", "letter"),
         ("A", "A", "letter"),
         ("A. cat", "A", "letter"),
-        # "A" among more than three words may be the article: the letter step gives up ...
-        ("The answer is A", None, "no-match"),
-        # ... and the option text decides when it can
-        ("A cat sits on the mat", "A", "text"),
         ("It is a dog.", "B", "text"),
         ("It looks like a FISH", "D", "text"),
         ("b", None, "no-match"),  # letters are case-sensitive and "b" is no option text
@@ -38,11 +34,56 @@ OPTS = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
         ("I cannot tell", None, "no-match"),
         ("Z", "Z", "none-of-the-options"),
         ("Sorry, I can't help with images of people yet.", "Z", "refusal"),
+        ("Failed to obtain answer via API. B", None, "no-match"),  # VLMEvalKit skips the letter step
     ],
 )
 def test_extract_choice(answer: str, letter: str | None, how: str) -> None:
-    got = extract_choice(answer, OPTS)
-    assert (got.letter, got.how) == (letter, how)
+    for article_rule in (False, True):  # none of these has a lone "A" among more than three words
+        got = extract_choice(answer, OPTS, article_rule=article_rule)
+        assert (got.letter, got.how) == (letter, how)
+
+
+# The article rule, case by case, as VLMEvalKit v0.2's can_infer_option (vlmeval/utils/matching_util.py) decides:
+# `if count == 1: for ch in choices: if 'A' in splits and len(splits) > 3 and verbose: return False; if ch in
+# splits: return ch`, then can_infer_text. Expected (default run, VERBOSE set), worked out from that code by hand.
+ARTICLE_CASES = [
+    # one letter token "A" among 4 words: default -> A; VERBOSE -> the letter step gives up, no option text: none
+    ("The answer is A", ("A", "letter"), (None, "no-match")),
+    # ... and where an option text is there, it decides
+    ("A cat sits on the mat", ("A", "letter"), ("A", "text")),
+    ("Answer: A, the cat", ("A", "letter"), ("A", "text")),
+    ("A bird, not a fish", ("A", "letter"), (None, "ambiguous")),  # VERBOSE: two option texts
+    # three tokens or fewer: the rule does not apply
+    ("A is right", ("A", "letter"), ("A", "letter")),
+    # a lone "A" token with another letter found: two letters, so the letter step fails either way
+    ("A dog, so B", ("B", "text"), ("B", "text")),
+    # "a" in lower case is not the token "A": the rule does not look at it
+    ("B is a dog here", ("B", "letter"), ("B", "letter")),
+    # the rule tests the token "A" whichever letter was found: with options B-D, "A" is no option, D is the one
+    # letter found, and VERBOSE still drops it (the option text "fish" then picks D again)
+    ("A fish is option D", ("D", "letter"), ("D", "text")),
+]
+
+
+@pytest.mark.parametrize(("answer", "default", "verbose"), ARTICLE_CASES)
+def test_the_article_rule_as_vlmevalkit_v02_applies_it(answer: str, default: tuple, verbose: tuple) -> None:
+    options = OPTS if "option D" not in answer else {k: v for k, v in OPTS.items() if k != "A"}
+    for article_rule, expected in ((False, default), (True, verbose)):
+        got = extract_choice(answer, options, article_rule=article_rule)
+        assert (got.letter, got.how) == expected, article_rule
+
+
+def test_score_applies_the_article_rule_only_when_asked(mmbench_file: Path, tmp_path: Path) -> None:
+    preds = {1: "The answer is A", 1000001: "D", 2000001: "C", 3000001: "B", 2: "A", 1000002: "C", 2000002: "B"}
+    path = _llava_answers(tmp_path, preds)
+    official = score("mmbench", mmbench_file, path)
+    verbose = score("mmbench", mmbench_file, path, rules="verbose")
+    assert (official["rules"], verbose["rules"]) == ("official", "verbose")
+    assert official["unresolved"] == []
+    assert [(u["question_id"], u["reason"]) for u in verbose["unresolved"]] == [(1, "no-match")]
+    assert official["score"] > verbose["score"]
+    with pytest.raises(ScoringError, match="unknown rule set 'evalai'"):
+        score("mmbench", mmbench_file, path, rules="evalai")
 
 
 def _llava_answers(tmp_path: Path, preds: dict[int, str], name: str = "answers.jsonl") -> Path:

@@ -9,7 +9,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # eval_run_helpers, in any import mode
 
-from eval_run_helpers import Bench, FakeGenerator, make_gqa, make_mmbench, make_textvqa  # noqa: E402
+from eval_run_helpers import (  # noqa: E402
+    Bench,
+    FakeGenerator,
+    GenerationSpy,
+    make_gqa,
+    make_mmbench,
+    make_textvqa,
+)
 
 
 @pytest.fixture(scope="session")
@@ -56,5 +63,17 @@ def fake_generate(monkeypatch):
         monkeypatch.setattr(runner, "generate_answers", generator)
         monkeypatch.setattr(runner, "load_model", lambda *a, **k: (object(), _Processor()))
         return generator
+
+    return install
+
+
+@pytest.fixture
+def spy_generate(monkeypatch):
+    """Install a GenerationSpy in the runner: the real model answers, the test sees what was asked."""
+    from fusevlm.eval import runner
+
+    def install(spy: GenerationSpy) -> GenerationSpy:
+        monkeypatch.setattr(runner, "generate_answers", spy)
+        return spy
 
     return install

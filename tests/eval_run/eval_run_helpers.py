@@ -105,6 +105,35 @@ class FakeGenerator:
         return [t for call in self.calls for t in call]
 
 
+class GenerationSpy:
+    """Wraps the real ``generate_answers``: the model answers, and every prompt and answer is recorded.
+
+    ``fail_after_calls=N`` interrupts the N+1-th batch before it is generated, as a kill would.
+    """
+
+    def __init__(self, fail_after_calls: int | None = None):
+        from fusevlm.eval.generate import generate_answers
+
+        self.real = generate_answers
+        self.fail_after_calls = fail_after_calls
+        self.calls: list[tuple[list[str], list[str]]] = []
+
+    def __call__(self, model, processor, prompts, **kwargs):
+        if self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls:
+            raise KeyboardInterrupt("simulated kill")
+        answers = self.real(model, processor, prompts, **kwargs)
+        self.calls.append(([p.messages[0]["content"] for p in prompts], answers))
+        return answers
+
+    @property
+    def asked(self) -> list[str]:
+        return [t for texts, _ in self.calls for t in texts]
+
+    @property
+    def answered(self) -> list[str]:
+        return [a for _, answers in self.calls for a in answers]
+
+
 def oracle(*benches: Bench) -> Callable[[str], str]:
     """Prompt text -> the right answer, built from the same question lists ``evaluate`` reads."""
     from fusevlm.eval.scoring import load_questions

@@ -1,4 +1,5 @@
-"""The lmms-eval and VLMEvalKit adapters, called the way those harnesses call them (neither is installed)."""
+"""The lmms-eval and VLMEvalKit adapters, called the way those harnesses call them, on the tiny real model
+(the real lmms-eval drives the adapter in test_lmms_eval_real.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from eval_run_helpers import COLORS, save_jpg
+from eval_run_helpers import COLORS, GenerationSpy, save_jpg
 from PIL import Image
 
 from fusevlm.eval.adapters import _common
 from fusevlm.eval.adapters.lmms_eval import FuseVLM as LmmsFuseVLM
 from fusevlm.eval.adapters.vlmevalkit import FuseVLM as VlmEvalFuseVLM
-from fusevlm.eval.generate import generate_answers
+from fusevlm.eval.generate import Prompt, generate_answers
 from fusevlm.eval.runner import load_model, make_prompt
 
 QUESTION = "What color is it?\nAnswer the question using a single word or phrase."
@@ -59,31 +60,34 @@ def test_lmms_generate_until_answers_as_fusevlm_eval_does(lmms: LmmsFuseVLM, tin
     assert answers == expected  # request order kept although the 2-token request ran in its own batch
 
 
-def test_lmms_generate_until_cuts_at_the_stop_strings(lmms: LmmsFuseVLM, monkeypatch):
-    seen = {}
-
-    def fake(model, processor, prompts, *, batch_size, max_new_tokens, progress):
-        seen["texts"] = [p.messages[0]["content"] for p in prompts]
-        seen["max_new_tokens"] = max_new_tokens
-        return ["Yes.\n\nBecause", "ASSISTANT: No"][: len(prompts)]
-
-    monkeypatch.setattr(_common, "generate_answers", fake)
+def test_lmms_generate_until_cuts_at_the_stop_strings(lmms: LmmsFuseVLM, tiny_model: Path, monkeypatch):
+    docs = lmms.task_dict["toy"]["test"]
+    whole = [what_evaluate_answers(tiny_model, QUESTION, docs[0]["image"], 7),
+             generate_answers(lmms.model, lmms.processor, [Prompt([{"role": "user", "content": "<image> first"}],
+                                                                   [docs[2]["image"]])], max_new_tokens=7,
+                              progress=False)[0]]
+    assert all(len(answer) >= 3 for answer in whole), whole  # the untrained model says enough to cut
+    stops = [whole[0][1:3], whole[1][2:]]  # a list holding a stop string from the middle, and a bare string
+    spy = GenerationSpy()
+    monkeypatch.setattr(_common, "generate_answers", spy)
     requests = [
-        lmms_request(QUESTION, {"until": ["\n\n"], "max_new_tokens": 7}, doc_to_visual, 0, "toy", "test"),
-        lmms_request("<image> first", {"until": "ASSISTANT:", "max_new_tokens": 7}, doc_to_visual, 1, "toy", "test"),
+        lmms_request(QUESTION, {"until": ["never in the answer", stops[0]], "max_new_tokens": 7}, doc_to_visual, 0,
+                     "toy", "test"),
+        lmms_request("<image> first", {"until": stops[1], "max_new_tokens": 7}, doc_to_visual, 2, "toy", "test"),
     ]
-    assert lmms.generate_until(requests) == ["Yes.", ""]
+    assert lmms.generate_until(requests) == [whole[0].split(stops[0], 1)[0], whole[1].split(stops[1], 1)[0]]
     # no placeholder in the context: one in front, the LLaVA way; an explicit one is kept where it is
-    assert seen == {"texts": ["<image>\n" + QUESTION, "<image> first"], "max_new_tokens": 7}
+    assert spy.asked == ["<image>\n" + QUESTION, "<image> first"]
+    assert spy.answered == whole  # what was cut is what the model said
     with pytest.warns(UserWarning, match="greedily"):
         lmms._warned_sampling = False
         lmms.generate_until([lmms_request(QUESTION, {"temperature": 0.7}, doc_to_visual, 0, "toy", "test")])
 
 
-def test_lmms_loglikelihood_scores_the_continuation(lmms: LmmsFuseVLM):
+def test_lmms_loglikelihood_is_the_continuations_mean_token_loss(lmms: LmmsFuseVLM):
+    """lmms-eval's convention: its models return the cross-entropy loss, and multiple choice takes the lowest."""
     doc = lmms.task_dict["toy"]["test"][0]
     model, processor = lmms.model, lmms.processor
-    # the model's own greedy next token, decoded: a continuation greedy decoding produces
     prompt = make_prompt(QUESTION, doc["image"], processor.image_token)
     encoded = processor.encode_chat(prompt.messages, prompt.images, add_generation_prompt=True)
     with torch.no_grad():
@@ -91,16 +95,28 @@ def test_lmms_loglikelihood_scores_the_continuation(lmms: LmmsFuseVLM):
     ranked = logits[0, -1].argsort(descending=True).tolist()
     greedy, other = (processor.tokenizer.decode([t]) for t in (ranked[0], ranked[50]))
     assert processor.tokenizer(greedy, add_special_tokens=False)["input_ids"] == [ranked[0]]
-    expected = logits[0, -1].float().log_softmax(-1)[ranked[0]].item()
+    log_probs = logits[0, -1].float().log_softmax(-1)
+    # a two-token continuation, scored by hand: the mean of -log p over its tokens, each given those before it
+    def round_trips(ids):
+        return processor.tokenizer(processor.tokenizer.decode(ids), add_special_tokens=False)["input_ids"] == ids
+
+    pair = next([ranked[0], t] for t in ranked[1:] if round_trips([ranked[0], t]))
+    with torch.no_grad():
+        longer = model(input_ids=torch.tensor([encoded["input_ids"] + pair[:1]]),
+                       pixel_values=encoded["pixel_values"]).logits[0, -1].float().log_softmax(-1)
+    two_tokens = processor.tokenizer.decode(pair)
 
     results = lmms.loglikelihood([
         lmms_request(QUESTION, greedy, doc_to_visual, 0, "toy", "test"),
         lmms_request(QUESTION, lambda d: other, doc_to_visual, 0, "toy", "test"),  # doc_to_target as a function
+        lmms_request(QUESTION, two_tokens, doc_to_visual, 0, "toy", "test"),
     ])
-    (lp_greedy, is_greedy), (lp_other, other_greedy) = results
-    assert lp_greedy == pytest.approx(expected, abs=1e-4)
-    assert is_greedy is True and other_greedy is False
-    assert lp_other < lp_greedy <= 0
+    (loss_greedy, is_greedy), (loss_other, other_greedy), (loss_pair, pair_greedy) = results
+    assert loss_greedy == pytest.approx(-log_probs[ranked[0]].item(), abs=1e-4)
+    assert loss_other == pytest.approx(-log_probs[ranked[50]].item(), abs=1e-4)
+    assert loss_pair == pytest.approx(-(log_probs[pair[0]] + longer[pair[1]]).item() / 2, abs=1e-4)
+    assert is_greedy is True and other_greedy is False and pair_greedy is (longer.argmax().item() == pair[1])
+    assert 0 <= loss_greedy < loss_other  # the likelier continuation has the lower value: argmin picks it
 
 
 def test_lmms_refuses_what_it_cannot_do(lmms: LmmsFuseVLM):
@@ -131,21 +147,26 @@ def test_vlmevalkit_generate_answers_as_fusevlm_eval_does(vlmeval: VlmEvalFuseVL
 
 
 def test_vlmevalkit_interleaves_images_and_text(vlmeval: VlmEvalFuseVLM, monkeypatch, tmp_path: Path):
-    seen = {}
-
-    def fake(model, processor, prompts, *, batch_size, max_new_tokens, progress):
-        seen["text"], seen["images"] = prompts[0].messages[0]["content"], len(prompts[0].images)
-        return ["B"]
-
-    monkeypatch.setattr(_common, "generate_answers", fake)
+    spy = GenerationSpy()
+    monkeypatch.setattr(_common, "generate_answers", spy)
     paths = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
     for path, color in zip(paths, COLORS, strict=False):
         save_jpg(path, color)
     message = [{"type": "text", "value": "Left: "}, {"type": "image", "value": str(paths[0])},
                {"type": "text", "value": "Right: "}, {"type": "image", "value": str(paths[1])},
                {"type": "text", "value": "Which is red?"}]
-    assert vlmeval.generate(message) == "B"
-    assert seen == {"text": "Left: <image>\nRight: <image>\nWhich is red?", "images": 2}
+    answer = vlmeval.generate(message)
+    text = "Left: <image>\nRight: <image>\nWhich is red?"
+    assert spy.asked == [text]
+    # the answer the model gives when asked that directly, with the two images in that order
+    direct = Prompt([{"role": "user", "content": text}], [Image.open(p).convert("RGB") for p in paths])
+    assert answer == generate_answers(vlmeval.model, vlmeval.processor, [direct], max_new_tokens=3, progress=False)[0]
+    swapped = Prompt([{"role": "user", "content": text}], [Image.open(p).convert("RGB") for p in paths[::-1]])
+    with torch.no_grad():  # the images' order reaches the model: swapping them changes its logits
+        a, b = (vlmeval.processor.encode_chat(p.messages, p.images, add_generation_prompt=True) for p in (direct, swapped))
+        logits = [vlmeval.model(input_ids=torch.tensor([e["input_ids"]]), pixel_values=e["pixel_values"]).logits
+                  for e in (a, b)]
+    assert not torch.allclose(logits[0], logits[1])
     with pytest.raises(ValueError, match="unsupported message part type 'video'"):
         vlmeval.generate([{"type": "video", "value": "clip.mp4"}])
     with pytest.raises(Exception, match="image not found: .*missing.jpg"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import random
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from recorders import ForwardLosses
 from robust_helpers import cli_env, good_records, recipe, start_cli, write_records
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -53,12 +55,23 @@ def assert_same_weights(a: Path, b: Path) -> None:
     x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert set(x) == set(y)
     for key in x:
-        torch.testing.assert_close(x[key], y[key], rtol=0, atol=1e-6, msg=key)
+        assert torch.equal(x[key], y[key]), key
+
+
+def kill_step_rng() -> tuple[int, random.Random]:
+    """A seeded draw of the kill step: FUSEVLM_KILL_SEED=N replays a run; otherwise a fresh seed, printed."""
+    seed = int(os.environ.get("FUSEVLM_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    print(f"kill step drawn with FUSEVLM_KILL_SEED={seed}")
+    return seed, random.Random(seed)
 
 
 @pytest.fixture(scope="module")
 def reference_long(parts, data, tmp_path_factory):
-    return run(parts, data, tmp_path_factory.mktemp("ref-long") / "out", **LONG)
+    """The uninterrupted run: its folder and the exact loss of each of its forwards (2 per step here)."""
+    losses = ForwardLosses()
+    out = train(recipe_from_dict(recipe(parts, data, tmp_path_factory.mktemp("ref-long") / "out", **LONG)),
+                callbacks=[losses])
+    return out, losses.losses
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +81,9 @@ def reference_short(parts, data, tmp_path_factory):
 
 # ---- (a) SIGKILL at a random step, then resume ------------------------------------------------------------------
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(parts, data, tmp_path, reference_long):
-    kill_at = random.Random().randint(LONG["save_steps"] + 1, 12)  # after checkpoint-4 exists, well before step 30
+    seed, rng = kill_step_rng()
+    kill_at = rng.randint(LONG["save_steps"] + 1, 12)  # after checkpoint-4 exists, well before step 30
+    replay = f"kill at step {kill_at} (FUSEVLM_KILL_SEED={seed})"
     out = tmp_path / "out"
     process = start_cli("train", str(write_recipe(parts, data, out, **LONG)))
     steps, lines = 0, []
@@ -81,13 +96,18 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(pa
                 process.send_signal(signal.SIGKILL)
                 break
     process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, f"killed at step {kill_at}?\n" + "".join(lines[-20:])
-    assert not (out / "model.safetensors").exists()  # it really died mid-run
+    assert process.returncode == -signal.SIGKILL, f"{replay}?\n" + "".join(lines[-20:])
+    assert not (out / "model.safetensors").exists(), replay  # it really died mid-run
     last = last_complete_checkpoint(out)
-    assert last is not None and 4 <= int(last.name.split("-")[1]) <= kill_at, (kill_at, last)
+    assert last is not None and 4 <= int(last.name.split("-")[1]) <= kill_at, (replay, last)
 
-    resumed = run(parts, data, out, resume_from_checkpoint="last", **LONG)
-    assert_same_weights(reference_long, resumed)
+    reference, reference_losses = reference_long
+    losses = ForwardLosses()
+    resumed = train(recipe_from_dict(recipe(parts, data, out, resume_from_checkpoint="last", **LONG)),
+                    callbacks=[losses])
+    done = int(last.name.split("-")[1]) * LONG["gradient_accumulation_steps"]  # forwards before the checkpoint
+    assert losses.losses == reference_losses[done:], replay  # every later step's loss, float for float
+    assert_same_weights(reference, resumed)
 
 
 # ---- (b) SIGKILL while a checkpoint is being written --------------------------------------------------------------

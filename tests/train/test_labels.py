@@ -1,5 +1,6 @@
 """What is trained: exactly the assistant tokens the chat template marks; images and prompts never."""
 
+import copy
 import json
 
 import pytest
@@ -11,15 +12,73 @@ from fusevlm.data.dataset import Source, load_mixture
 from fusevlm.data.errors import DataError
 from fusevlm.data.records import read_records
 from fusevlm.data.report import BadSampleReport
-from fusevlm.templates import BUILTIN_TEMPLATES, CHATML
+from fusevlm.processing import FuseVLMProcessor
+from fusevlm.templates import BUILTIN_TEMPLATES, CHATML, has_generation_marks
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "<image>\nWhat color is it?"},
     {"role": "assistant", "content": "red"},
     {"role": "user", "content": "And the shape?"},
-    {"role": "assistant", "content": "a square, with round corners"},
+    {"role": "assistant", "content": "a square"},
 ]
+
+# What must be trained, written by hand from each format: every assistant reply with its end-of-turn token, nothing
+# of the system prompt, the questions, the role headers or the separators. One string per contiguous trained span.
+# `plain` drops the user's words, so its two replies touch. Where a format puts a space between the header and the
+# reply (vicuna_v1, llama2), a byte-level BPE may fold that space into the reply's first token (" a" is one token
+# of the test tokenizer), as SentencePiece's "▁a" is in LLaVA's own masking: such a span may start with one space.
+BUILTIN_EXPECTED = {
+    "plain": (["red<|endoftext|>a square<|endoftext|>"], False),
+    "vicuna_v1": (["red<|endoftext|>", "a square<|endoftext|>"], True),
+    "chatml": (["red<|im_end|>", "a square<|im_end|>"], False),
+    "llama2": (["red <|endoftext|>", "a square <|endoftext|>"], True),
+    "llama3": (["red<|eot_id|>", "a square<|eot_id|>"], False),
+    "codefuse_qwen": (["red<|im_end|>", "a square<|im_end|>"], False),  # the seed's Qwen-VL ChatML
+}
+
+# Hub chat templates without {% generation %} marks, written from each family's documented prompt format (the
+# shape of the templates their tokenizers ship), with the family's special tokens added to the test tokenizer.
+LLAMA3_HUB = (  # <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>
+    "{% for message in messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+    " + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+QWEN2_HUB = (  # ChatML with Qwen2's default system prompt
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+MISTRAL_HUB = (  # <s>[INST] q [/INST]a</s> [INST] q2 [/INST]  (Mistral-7B-Instruct v0.1; no system role)
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}"
+    "{% endfor %}"
+)
+GEMMA_HUB = (  # <bos><start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\na<end_of_turn>\n  (no system role)
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# family: (template, bos, end of turn, other special tokens, has a system role, expected trained spans)
+HUB_FORMATS = {
+    "llama3": (LLAMA3_HUB, "<|begin_of_text|>", "<|eot_id|>", ["<|start_header_id|>", "<|end_header_id|>"], True,
+               ["red<|eot_id|>", "a square<|eot_id|>"]),
+    "qwen2": (QWEN2_HUB, None, "<|im_end|>", [], True, ["red<|im_end|>", "a square<|im_end|>"]),
+    "mistral": (MISTRAL_HUB, "<s>", "</s>", ["[INST]", "[/INST]"], False, ["red</s>", "a square</s>"]),
+    "gemma": (GEMMA_HUB, "<bos>", "<eos>", ["<start_of_turn>", "<end_of_turn>"], False,
+              ["red<end_of_turn>", "a square<end_of_turn>"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,51 +87,60 @@ def processor(checkpoints):
     return processor
 
 
-def hf_assistant_mask(processor, template):
-    encoded = processor.tokenizer.apply_chat_template(
-        CONVERSATION, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    return list(encoded["input_ids"]), list(encoded["assistant_masks"])
+def trained_spans(processor, tokens) -> list[str]:
+    """The decoded text of each run of consecutive trained positions, after checking the image positions."""
+    ids, labels = tokens["input_ids"], tokens["labels"]
+    image_labels = [label for token, label in zip(ids, labels, strict=True) if token == processor.image_token_id]
+    assert len(image_labels) == processor.image_seq_length  # one <image>, M positions ...
+    assert set(image_labels) == {-100}  # ... none of them trained
+    spans, run = [], []
+    for token, label in [*zip(ids, labels, strict=True), (None, -100)]:
+        if label != -100:
+            assert label == token
+            run.append(token)
+        elif run:
+            spans.append(processor.tokenizer.decode(run))
+            run = []
+    return spans
 
 
-def collapse_images(processor, ids, labels):
-    """Undo the M-fold image expansion so positions line up with the tokenizer's own encoding."""
-    out_ids, out_labels, skip = [], [], 0
-    for token, label in zip(ids, labels, strict=True):
-        if token == processor.image_token_id:
-            assert label == -100
-            if skip == 0:
-                out_ids.append(token)
-                out_labels.append(label)
-                skip = processor.image_seq_length
-            skip -= 1
-            continue
-        out_ids.append(token)
-        out_labels.append(label)
-    return out_ids, out_labels
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_builtin_templates_train_each_reply_and_its_end_of_turn_only(processor, name):
+    assert set(BUILTIN_EXPECTED) == set(BUILTIN_TEMPLATES)
+    expected, space_before_reply = BUILTIN_EXPECTED[name]
+    conversation = CONVERSATION if name != "plain" else CONVERSATION[1:]
+    tokens = processor.tokenize_chat(conversation, chat_template=BUILTIN_TEMPLATES[name])
+    spans = trained_spans(processor, tokens)
+    if space_before_reply:
+        spans = [span.removeprefix(" ") for span in spans]
+    assert spans == expected
 
 
-@pytest.mark.parametrize("name", ["chatml", "llama3", "vicuna_v1", "llama2"])
-def test_trained_positions_equal_the_templates_assistant_mask(processor, name):
-    template = BUILTIN_TEMPLATES[name]
-    tokens = processor.tokenize_chat(CONVERSATION, chat_template=template)
-    m = processor.image_seq_length
-    assert tokens["input_ids"].count(processor.image_token_id) == m
-    ids, labels = collapse_images(processor, tokens["input_ids"], tokens["labels"])
-    hf_ids, hf_mask = hf_assistant_mask(processor, template)
-    assert ids == hf_ids
-    assert [label != -100 for label in labels] == [bool(x) for x in hf_mask]
-    assert sum(hf_mask) > 0
-    trained_text = processor.tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
-    assert "red" in trained_text and "round corners" in trained_text
-    assert "color" not in trained_text and "Be brief" not in trained_text
+def hub_processor(processor, family):
+    template, bos, end_of_turn, specials, _, _ = HUB_FORMATS[family]
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    tokenizer.add_tokens([t for t in (bos, end_of_turn, *specials) if t], special_tokens=True)
+    if bos:
+        tokenizer.bos_token = bos
+    tokenizer.eos_token = end_of_turn
+    return FuseVLMProcessor(processor.image_processor, tokenizer, processor.image_seq_length, chat_template=template)
 
 
-def test_template_without_generation_marks_is_masked_by_prefix_rendering(processor):
-    unmarked = CHATML.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    tokens = processor.tokenize_chat(CONVERSATION, chat_template=unmarked)
-    marked = processor.tokenize_chat(CONVERSATION, chat_template=CHATML)
-    assert tokens == marked
+@pytest.mark.parametrize("family", sorted(HUB_FORMATS))
+def test_hub_templates_without_generation_marks_train_each_reply_and_its_end_of_turn_only(processor, family):
+    hub = hub_processor(processor, family)
+    assert not has_generation_marks(hub.chat_template)
+    *_, has_system, expected = HUB_FORMATS[family]
+    tokens = hub.tokenize_chat(CONVERSATION if has_system else CONVERSATION[1:])
+    assert trained_spans(hub, tokens) == expected
+
+
+def test_a_hub_template_that_does_not_render_prefix_by_prefix_is_refused(processor):
+    counting = "{{ messages | length }}" + QWEN2_HUB  # a prefix renders another count: the replies cannot be located
+    hub = FuseVLMProcessor(processor.image_processor, copy.deepcopy(processor.tokenizer),
+                           processor.image_seq_length, chat_template=counting)
+    with pytest.raises(ValueError, match="prefix by prefix"):
+        hub.tokenize_chat(CONVERSATION)
 
 
 def test_plain_alignment_format_trains_the_caption_and_its_end(processor):

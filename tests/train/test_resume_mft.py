@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 from helpers import make_dataset, recipe
+from recorders import ForwardLosses
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -23,25 +25,33 @@ class StopAt(TrainerCallback):
         return control
 
 
-def test_resumed_run_reaches_the_uninterrupted_weights(checkpoints, tmp_path):
+@pytest.mark.parametrize("stop", [4, 6])  # on the save step, and two steps past it (those two are lost and redone)
+def test_resumed_run_reaches_the_uninterrupted_weights_and_losses_exactly(checkpoints, tmp_path, stop):
     data = make_dataset(tmp_path / "data", 24)
     entry = [{"path": str(data), "image_root": str(tmp_path / "data" / "images")}]
     model = {"vision": str(checkpoints("vision", "siglip", hidden=64)), "projector": "mlp2x_gelu",
              "llm": str(checkpoints("llm", "qwen2"))}
     common = dict(model=model, max_steps=8, save_strategy="steps", save_steps=4, learning_rate=1e-2)
 
-    whole = train(recipe_from_dict(recipe(tmp_path, entry, output_dir=str(tmp_path / "whole"), **common)))
+    whole_losses, stopped_losses, resumed_losses = ForwardLosses(), ForwardLosses(), ForwardLosses()
+    whole = train(recipe_from_dict(recipe(tmp_path, entry, output_dir=str(tmp_path / "whole"), **common)),
+                  callbacks=[whole_losses])
     stopped = tmp_path / "stopped"
-    train(recipe_from_dict(recipe(tmp_path, entry, output_dir=str(stopped), **common)), callbacks=[StopAt(4)])
+    train(recipe_from_dict(recipe(tmp_path, entry, output_dir=str(stopped), **common)),
+          callbacks=[StopAt(stop), stopped_losses])
     assert (stopped / "checkpoint-4").is_dir() and not (stopped / "checkpoint-8").exists()
     resumed = train(recipe_from_dict(recipe(tmp_path, entry, output_dir=str(stopped), **common,
-                                            resume_from_checkpoint=str(stopped / "checkpoint-4"))))
+                                            resume_from_checkpoint=str(stopped / "checkpoint-4"))),
+                    callbacks=[resumed_losses])
+    assert len(whole_losses.losses) == 8
+    assert stopped_losses.losses == whole_losses.losses[:stop]
+    assert resumed_losses.losses == whole_losses.losses[4:]  # steps 5-8, float for float
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert set(a) == set(b)
     start = load_file(stopped / "checkpoint-4" / "model.safetensors")
     assert any(not torch.equal(start[k], a[k]) for k in a)  # the last 4 steps did change something
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_mft_mixture_logs_every_task_at_every_logging_step(checkpoints, tmp_path):

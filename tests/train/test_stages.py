@@ -84,18 +84,21 @@ def test_lora_instruct_keeps_base_weights_and_saves_the_trained_projector(aligne
     peft_model = PeftModel.from_pretrained(base, out / "adapter")
     adapter_files = load_file(out / "adapter" / "adapter_model.safetensors")
     assert any("lora_A" in k for k in adapter_files)
-    assert any("projector" in k and "modules_to_save" in k or "projector" in k for k in adapter_files)
+    # Besides the LoRA matrices, the adapter holds the whole trained projector (PEFT's modules_to_save) and nothing
+    # else: no base LLM or vision weight.
+    projector_keys = [k for k in base_state if k.startswith("projector.")]
+    assert {k for k in adapter_files if "lora_" not in k} == {"base_model.model." + k for k in projector_keys}
     for name, param in peft_model.base_model.model.language_model.named_parameters():
         if "lora_" not in name:
             key = "language_model." + name.replace(".base_layer", "")
             assert torch.equal(param, base_state[key]), name
     # The merged folder reloads with the trained projector (changed from the aligned one, equal to the adapter's).
     merged = FuseVLMForConditionalGeneration.from_pretrained(out).state_dict()
-    projector_keys = [k for k in base_state if k.startswith("projector.")]
     assert any(not torch.equal(merged[k], base_state[k]) for k in projector_keys)
     adapter_projector = peft_model.base_model.model.projector.modules_to_save["default"].state_dict()
     for k in projector_keys:
         assert torch.equal(merged[k], adapter_projector[k[len("projector."):]])
+        assert torch.equal(merged[k], adapter_files["base_model.model." + k])
     # LoRA was merged into the LLM, and only there
     assert any(not torch.equal(merged[k], base_state[k]) for k in base_state if k.startswith("language_model."))
     assert all(torch.equal(merged[k], base_state[k]) for k in base_state if k.startswith("vision_tower."))

@@ -41,13 +41,13 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 
 
 @torch.inference_mode()
-def continuation_logprob(
-    model: Any, processor: Any, prompt: Prompt, continuation: str
-) -> tuple[float, bool]:
-    """``(sum of log p(continuation tokens | prompt), whether greedy decoding would produce them)``.
+def continuation_loss(model: Any, processor: Any, prompt: Prompt, continuation: str) -> tuple[float, bool]:
+    """``(mean -log p(continuation token | prompt, earlier tokens), whether greedy decoding would produce them)``.
 
-    The prompt is encoded as for generation (with the assistant header); the continuation's tokens are
-    appended as they are, so the chat template's end-of-turn token is not part of the score.
+    The convention of lmms-eval's own models (their ``loglikelihood`` returns the cross-entropy loss of the
+    continuation), on which its multiple-choice scoring relies: it picks the option with the *lowest* value. The
+    prompt is encoded as for generation (with the assistant header); the continuation's tokens are appended as
+    they are, so the chat template's end-of-turn token is not part of the score.
     """
     encoded = processor.encode_chat(prompt.messages, prompt.images, add_generation_prompt=True)
     target = processor.tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -61,5 +61,5 @@ def continuation_logprob(
     # The logits at position t predict token t + 1: the continuation is predicted from one position earlier.
     logits = model(**inputs).logits[0, -len(target) - 1 : -1].float()
     wanted = torch.tensor(target, device=device)
-    logprob = logits.log_softmax(-1).gather(-1, wanted[:, None]).sum().item()
-    return float(logprob), bool((logits.argmax(-1) == wanted).all())
+    loss = torch.nn.functional.cross_entropy(logits, wanted).item()
+    return float(loss), bool((logits.argmax(-1) == wanted).all())

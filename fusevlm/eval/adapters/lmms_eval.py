@@ -1,14 +1,21 @@
-"""A fusevlm model as an lmms-eval model (``lmms_eval --model fusevlm --model_args pretrained=DIR``).
+"""A fusevlm model as an lmms-eval model::
 
-lmms-eval is optional. When it is importable, :class:`FuseVLM` subclasses its ``lmms`` base class and is
-registered under the name ``fusevlm`` (import this module before lmms-eval resolves ``--model``, e.g.
-from a plugin or a launcher script). Without it, the class stands on a small base with the same
+    lmms-eval --model fusevlm --model_args pretrained=DIR --batch_size 8 --tasks TASKS
+    lmms_eval.evaluator.simple_evaluate(model="fusevlm", model_args="pretrained=DIR,batch_size=8", tasks=[...])
+
+(the command line passes its own ``--batch_size`` to the model, so it does not go in ``--model_args`` there).
+
+lmms-eval (0.7) is optional (``pip install -e ".[lmms]"``). It finds ``fusevlm`` through the ``lmms_eval.models``
+entry point that fusevlm's package metadata declares (:func:`manifest`), so ``--model fusevlm`` and
+``simple_evaluate(model="fusevlm", ...)`` resolve by name once fusevlm is installed. When lmms-eval is importable,
+:class:`FuseVLM` subclasses its ``lmms`` base class; without it, the class stands on a small base with the same
 attributes, so it can be driven (and tested) the way the harness drives it:
 
 * ``generate_until(requests)``: ``request.args = (context, gen_kwargs, doc_to_visual, doc_id, task,
   split)``; the images are ``doc_to_visual(self.task_dict[task][split][doc_id])``.
 * ``loglikelihood(requests)``: ``request.args = (context, doc_to_target, doc_to_visual, doc_id, task,
-  split)``, where ``doc_to_target`` is the continuation or a function of the document.
+  split)``, where ``doc_to_target`` is the continuation or a function of the document. The result is lmms-eval's
+  convention, ``(loss, is_greedy)``: the mean negative log-likelihood of the continuation's tokens.
 
 Generation is greedy whatever ``gen_kwargs`` says (a sampling request is warned about once), in batches
 of ``batch_size`` with the same encoding and stopping rules as ``fusevlm eval``.
@@ -22,11 +29,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..runner import DEFAULT_MAX_NEW_TOKENS, load_model
-from ._common import continuation_logprob, cut_at_stops, greedy_answers, vlm_prompt
+from ._common import continuation_loss, cut_at_stops, greedy_answers, vlm_prompt
 
 try:  # the real harness, when installed
     from lmms_eval.api.model import lmms as _LmmsBase
-    from lmms_eval.api.registry import register_model as _register_model
 except ImportError:  # same interface, so the adapter works (and is tested) without lmms-eval
     _LmmsBase = None
 
@@ -53,11 +59,14 @@ if _LmmsBase is None:
         def world_size(self) -> int:
             return self._world_size
 
-    def _register_model(*names: str) -> Callable[[type], type]:
-        return lambda cls: cls
+
+def manifest() -> Any:
+    """The ``lmms_eval.models`` entry point: lmms-eval's registry entry for ``fusevlm`` (a "simple" model)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="fusevlm", simple_class_path=f"{__name__}.FuseVLM")
 
 
-@_register_model("fusevlm")
 class FuseVLM(_LmmsBase):
     """lmms-eval model backed by a fusevlm model folder."""
 
@@ -146,13 +155,14 @@ class FuseVLM(_LmmsBase):
         return results
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
-        """``(log p(continuation | context, images), is_greedy)`` per request (summed over its tokens)."""
+        """``(loss, is_greedy)`` per request: the continuation's mean token loss given context and images (lower is
+        likelier, as lmms-eval's multiple-choice scoring expects), and whether greedy decoding produces it."""
         results = []
         for request in requests:
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
             prompt = vlm_prompt(context, self._visuals(doc_to_visual, task, split, doc_id), self.processor.image_token)
-            results.append(continuation_logprob(self.model, self.processor, prompt, str(continuation)))
+            results.append(continuation_loss(self.model, self.processor, prompt, str(continuation)))
             self.cache_hook.add_partial("loglikelihood", (context, continuation), results[-1])
         return results
 

@@ -1,20 +1,26 @@
-"""Rule-based extraction of a multiple-choice answer from free text (VLMEvalKit ``can_infer``).
+"""Rule-based extraction of a multiple-choice answer from free text: VLMEvalKit's ``can_infer``.
 
-This is the "exact matching" path of VLMEvalKit / OpenCompass used for MMBench when no LLM judge is
-involved:
+The rules reproduced are those of VLMEvalKit v0.2 (tag ``v0.2``, commit e4e0263, 2025-03-22;
+``vlmeval/utils/matching_util.py``: ``can_infer_option`` then ``can_infer_text``), the "exact matching" path used
+for MMBench when no LLM judge is involved. They are unchanged from v0.1 (2024-01) through v0.3rc1 (2025-06).
+Later commits on VLMEvalKit's main branch change them: from c3371551 (2025-08-04) the letter must be among the
+last four words and option text is not searched in answers longer than twice the options' text; from a67ace50
+(2026-06) "answer is X" is matched first. Those are not reproduced.
 
-1. Refusals. If the text contains one of :data:`REFUSALS`, the answer is ``"Z"`` (no option).
-2. Option letter as a word. The characters ``.()[],:;!*#{}`` become spaces and the text is split
-   on whitespace. If exactly one of the option letters is a token, that letter is the answer -
-   except when that letter is ``A``, more than three tokens are present, because "A" may then be
-   the article ("A cat is ..."); the letter step then gives up. If no option letter is a token but
+1. Refusals. If the text contains one of :data:`REFUSALS`, the answer is ``"Z"`` (no option). A text containing
+   ``"Failed to obtain answer via API"`` skips step 2.
+2. Option letter as a word. The characters ``.()[],:;!*#{}`` become spaces and the text is split on whitespace.
+   If exactly one of the option letters is a token, that letter is the answer. If no option letter is a token but
    ``Z`` is, the answer is ``"Z"``. Letters are case-sensitive ("b" is not "B").
-3. Option text. Otherwise, if exactly one option's text (lower-cased) is a substring of the
-   lower-cased answer, that option is the answer.
-4. Otherwise the answer is unresolved (scored wrong).
+3. Option text. Otherwise, if exactly one option's text (lower-cased) is a substring of the lower-cased answer,
+   that option is the answer.
+4. Otherwise the answer is unresolved (scored wrong: VLMEvalKit records ``"Z"`` without a judge).
 
-Quirk kept: ``"The answer is A"`` has four tokens, so step 2 refuses the letter ``A`` and only the
-option-text step can still resolve it.
+The article rule. VLMEvalKit applies one more rule only when its ``VERBOSE`` environment variable is set (to any
+non-empty value, ``VERBOSE=0`` included): in step 2, when ``A`` is a token and there are more than three tokens,
+``A`` may be the article ("A cat is ..."), and the letter step gives up, leaving the option text to decide. Its
+default runs, the ones behind published MMBench figures, do not apply it, so neither does ``rules="official"``;
+``rules="verbose"`` (``article_rule=True``) reproduces a run with ``VERBOSE`` set.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ REFUSALS: tuple[str, ...] = (
 )
 _SEPARATORS = ".()[],:;!*#{}"
 NO_OPTION = "Z"
+API_FAILURE = "Failed to obtain answer via API"
 
 
 @dataclass(frozen=True)
@@ -46,14 +53,16 @@ def _tokens(answer: str) -> list[str]:
     return answer.split()
 
 
-def letter_from_tokens(answer: str, options: Mapping[str, str]) -> str | None:
+def letter_from_tokens(answer: str, options: Mapping[str, str], article_rule: bool = False) -> str | None:
     """Step 1-2: the option letter written as a word, ``"Z"`` for a refusal, or ``None``."""
+    if API_FAILURE in answer:
+        return None
     if any(r in answer for r in REFUSALS):
         return NO_OPTION
     tokens = _tokens(answer)
     found = [letter for letter in options if letter in tokens]
     if len(found) == 1:
-        if "A" in tokens and len(tokens) > 3:
+        if article_rule and "A" in tokens and len(tokens) > 3:
             return None
         return found[0]
     if not found and NO_OPTION in tokens:
@@ -68,10 +77,11 @@ def letter_from_text(answer: str, options: Mapping[str, str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def extract_choice(answer: str, options: Mapping[str, str]) -> Choice:
-    """Resolve ``answer`` to one of ``options`` (letter -> option text) by the rules above."""
+def extract_choice(answer: str, options: Mapping[str, str], article_rule: bool = False) -> Choice:
+    """Resolve ``answer`` to one of ``options`` (letter -> option text) by the rules above; ``article_rule``: the
+    rule VLMEvalKit applies under ``VERBOSE``."""
     answer = str(answer)
-    letter = letter_from_tokens(answer, options)
+    letter = letter_from_tokens(answer, options, article_rule)
     if letter == NO_OPTION:
         how = "refusal" if any(r in answer for r in REFUSALS) else "none-of-the-options"
         return Choice(NO_OPTION, how)

@@ -12,7 +12,8 @@ category is taken from the original copy (``index < 1_000_000``).
 
 Answers: LLaVA's ``model_vqa_mmbench`` JSON Lines (``{"question_id": index, "text": ...}``) or a
 submission sheet (``.tsv``/``.csv``/``.xlsx`` with ``index`` and ``prediction`` columns).
-Extraction rules: :mod:`fusevlm.eval.scoring.choice`.
+Extraction rules: :mod:`fusevlm.eval.scoring.choice` (VLMEvalKit v0.2's); ``rules="verbose"`` adds the article
+rule VLMEvalKit applies when its ``VERBOSE`` environment variable is set.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .result import as_int_id, build_result, check_rules, collect_answers, find_
 CIRCULAR_BASE = 1_000_000
 REQUIRED_COLUMNS = ("index", "question")
 SHEET_SUFFIXES = (".tsv", ".csv", ".xlsx")
+RULES = ("official", "verbose")
 
 
 def _pandas() -> Any:
@@ -167,7 +169,7 @@ def score_mmbench(
     benchmark: str = "mmbench",
 ) -> dict[str, Any]:
     """CircularEval accuracy of an answers file on an MMBench(-CN) TSV; see the module docstring."""
-    check_rules(benchmark, rules)
+    check_rules(benchmark, rules, RULES)
     answers_path = Path(answers)
     df, letters = load_mmbench(data)
     rows = df.to_dict("records")
@@ -189,7 +191,7 @@ def score_mmbench(
         idx = row["index"]
         hit = False
         if idx in preds:
-            choice = extract_choice(preds[idx], row_options(row, letters))
+            choice = extract_choice(preds[idx], row_options(row, letters), article_rule=rules == "verbose")
             if choice.letter is None or choice.letter == "Z":
                 unresolved.append({"question_id": idx, "prediction": preds[idx], "reason": choice.how})
             hit = choice.letter == str(row["answer"]).strip()
@@ -216,6 +218,7 @@ def score_mmbench(
         unresolved=unresolved,
         missing=missing,
         n_questions=len(group_hit),
+        rules=rules,
     )
 
 
