@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import print_table, write_json
+from common import print_table, write_results
 
 HERE = Path(__file__).resolve().parent
 WORDS = ("a the of on in with at near red blue green white black small large old new wooden metal dog cat man woman "
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1k and 20k records only")
     parser.add_argument("--images", type=int, default=1000, help="distinct image files the records point at")
     parser.add_argument("--num-proc", type=int, default=2, help="processes that build the cache")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--json", help="write the results here (default: benchmarks/results/)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -192,7 +192,8 @@ def main() -> None:
     print(f"targets: 2nd run x smallest <= 1.5 ({last['second_vs_smallest']:.2f}); RSS growth <= 200 B/record "
           f"({last['rss_growth_bytes_per_record']}); tokenizing >= 20000 records/s ({last['build_records_per_s']:.0f}"
           f" measured; {args.num_proc} idle cores at the CPU time it took: {last['idle_records_per_s'] or 0:.0f})")
-    write_json(args.json, {"sizes": sizes, "num_proc": args.num_proc, "images": args.images, "rows": rows})
+    write_results("data_scale", {"sizes": sizes, "num_proc": args.num_proc, "images": args.images,
+                                 "seed_records": SEED_RECORDS, "rows": rows}, args.quick, args.json)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,19 @@ def data_pipeline(run: dict) -> list[tuple[str, str, str]]:
     return [(f"data pipeline while training, batch {run['batch']}", "tiny", "; ".join(parts))]
 
 
+def data_scale(run: dict) -> list[tuple[str, str, str]]:
+    rows = run["rows"]
+    small, large = rows[0], rows[-1]
+    figure = (f"{large['records']:,} records: first run {large['first']['first_step_s']:.0f} s "
+              f"({large['build_records_per_s']:,.0f} records/s tokenized with {large['num_proc']} processes); "
+              f"later runs **{large['second']['first_step_s']:.1f} s** ({small['records']:,} records: "
+              f"{small['second']['first_step_s']:.1f} s = {large['second_vs_smallest']:.2f}x), "
+              f"RSS {large['second']['peak_rss_mb']:.0f} MB (+{large['rss_growth_bytes_per_record']:.0f} B/record)")
+    return [("data start-up, LLaVA caption records: to the first training step", "align, tiny", figure)]
+
+
 RENDER = {"train_step": train_step, "generation": generation, "utilisation": utilisation, "memory": memory,
-          "packing": packing, "data_pipeline": data_pipeline}
+          "packing": packing, "data_pipeline": data_pipeline, "data_scale": data_scale}
 
 
 def describe(run: dict) -> str:
