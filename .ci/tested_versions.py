@@ -4,8 +4,8 @@
 Python and which releases of fusevlm's dependencies were last tested together. The block sits between two marker
 comments in README.md and is replaced whole; the rest of the file is left as it is.
 
-    python .ci/tested_versions.py              # print the block
-    python .ci/tested_versions.py --update README.md
+    python .ci/tested_versions.py --extras dev,serve              # print the block
+    python .ci/tested_versions.py --extras dev,serve --update README.md
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def installed(name: str) -> str:
         return "not installed"
 
 
-def block(today: datetime.date | None = None) -> str:
+def block(extras: set[str], today: datetime.date | None = None) -> str:
+    """The table of the base requirements and of the ``extras`` the run installed; other extras are named only."""
     today = today or datetime.date.today()
     python = f"{platform.python_implementation()} {platform.python_version()}"
     lines = [
@@ -54,9 +55,16 @@ def block(today: datetime.date | None = None) -> str:
         "| package | pyproject asks for | resolved and tested |",
         "| --- | --- | --- |",
     ]
+    untested = []
     for name, wanted, extra in requirements():
+        if extra and extra not in extras:
+            untested.append(extra)
+            continue
         where = f" (`{extra}`)" if extra else ""
         lines.append(f"| {name}{where} | `{wanted}` | {installed(name)} |")
+    if untested:
+        names = ", ".join(f"`{e}`" for e in dict.fromkeys(untested))
+        lines += ["", f"Extras CI does not install, so not tested here: {names}."]
     lines.append(END)
     return "\n".join(lines)
 
@@ -74,9 +82,10 @@ def update(readme: Path, text: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--extras", default="", help="the extras this environment installed, comma-separated")
     parser.add_argument("--update", type=Path, metavar="README", help="rewrite the block in this file")
     args = parser.parse_args(argv)
-    text = block()
+    text = block({e for e in args.extras.split(",") if e})
     print(text)
     if args.update:
         changed = update(args.update, text)
