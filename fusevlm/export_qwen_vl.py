@@ -21,7 +21,7 @@ the LLM's width, which sizes Qwen-VL's resampler exactly as the seed sized its o
 ``qwen.tiktoken``; the chat template goes into ``tokenizer_config.json``. Qwen-VL's Python files
 (``configuration_qwen.py``, ``modeling_qwen.py``, ``visual.py``, ``tokenization_qwen.py``,
 ``qwen_generation_utils.py``) are Qwen's code and not written here: copy them from a Qwen/Qwen-VL-Chat download
-into the folder to load it with ``trust_remote_code=True``.
+into the folder, then load it with remote code allowed (the ``trust_remote_code`` flag), as Qwen-VL itself loads.
 """
 
 from __future__ import annotations
